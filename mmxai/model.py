@@ -1,0 +1,281 @@
+"""The Model interface: what every attribution method may ask of a multimodal LLM.
+
+An adapter subclasses :class:`Model` for one Hugging Face family and answers, from the
+model's own config and the processor's outputs (never hard-coded token ids):
+
+- where the image tokens are and which grid they form (:meth:`Model.image_grids`);
+- what the unembedding and the final norm are;
+- which vision layers gradient methods can use, and how their tokens map onto the grid;
+- how to build the chat-templated inputs for images and a prompt.
+
+Adapters are keyed by HF architecture (``config.architectures[0]``) and registered through
+the ``register_models`` hook; :func:`load_model` dispatches on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmxai.errors import UnsupportedModelError
+
+
+@dataclass
+class ImageGrid:
+    """One block of image tokens in the LLM sequence, in row-major order.
+
+    ``box`` is the region of the original image the grid covers, as fractions
+    ``(x0, y0, x1, y1)``: LLaVA-1.5's centre crop, InternVL's tiles and the like map back
+    through it; a grid that covers the whole image has ``(0, 0, 1, 1)``.
+    """
+
+    image: int
+    positions: np.ndarray  # (rows * cols,) sequence positions
+    shape: tuple[int, int]  # (rows, cols)
+    frame: int = 0
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    kind: str = "image"
+    offset: int = 0  # where this grid starts in the flat concatenation of all grids
+
+    @property
+    def size(self) -> int:
+        return int(self.shape[0] * self.shape[1])
+
+
+def stack_grids(grids: Sequence[ImageGrid]) -> list[ImageGrid]:
+    """Set each grid's ``offset`` into the flat vector that concatenates all grids."""
+    offset = 0
+    for grid in grids:
+        grid.offset = offset
+        offset += grid.size
+    return list(grids)
+
+
+@dataclass
+class Inputs:
+    """Model-ready inputs for one sample, with the facts methods need about them.
+
+    ``features`` is the processor output (``input_ids`` of shape (1, L), ``pixel_values``,
+    ``image_grid_thw``...) already on the model's device.
+    """
+
+    features: dict[str, Any]
+    images: list[Image.Image]
+    prompt: str
+    grids: list[ImageGrid]
+    prompt_positions: np.ndarray  # positions of the user prompt's text tokens
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.features["input_ids"][0]
+
+    @property
+    def image_positions(self) -> np.ndarray:
+        """All image-token positions, grid after grid: the layout of every flat map."""
+        if not self.grids:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([g.positions for g in self.grids]).astype(np.int64)
+
+
+class Model:
+    """Base adapter. Subclasses set the class attributes and override the family hooks."""
+
+    name: ClassVar[str] = ""
+    architectures: ClassVar[tuple[str, ...]] = ()
+    #: (height, width) of the canvas a fixed-resolution model needs; None for native sizes.
+    fixed_size: ClassVar[tuple[int, int] | None] = None
+
+    def __init__(self, hf_model: torch.nn.Module, processor: Any, model_id: str | None = None,
+                 revision: str | None = None) -> None:
+        self.hf = hf_model
+        self.processor = processor
+        self.model_id = model_id or getattr(hf_model.config, "_name_or_path", "") or self.name
+        self.revision = revision
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def hf_classes(cls) -> tuple[Any, Any]:
+        """The (model class, processor class) ``from_pretrained`` uses."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        return AutoModelForImageTextToText, AutoProcessor
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
+                        revision: str | None = None, **kwargs: Any) -> Model:
+        """Load weights (safetensors only) and processor by hub name or local path."""
+        model_cls, processor_cls = cls.hf_classes()
+        hf_model = model_cls.from_pretrained(
+            name_or_path, dtype=dtype or "auto", trust_remote_code=trust_remote_code,
+            revision=revision, use_safetensors=True, attn_implementation="eager", **kwargs,
+        )
+        processor = processor_cls.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, revision=revision
+        )
+        hf_model.to(device).eval()
+        return cls(hf_model, processor, model_id=name_or_path, revision=revision)
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> Model:
+        """A tiny random-weight model of this family, built offline (tests, demos)."""
+        raise NotImplementedError(f"{cls.__name__} has no tiny builder")
+
+    # -- inputs --------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def messages(self, prompt: str, n_images: int) -> list[dict[str, Any]]:
+        """The chat: images first, then the prompt (as TAM and the model cards do)."""
+        content = [{"type": "image"} for _ in range(n_images)]
+        content.append({"type": "text", "text": prompt})
+        return [{"role": "user", "content": content}]
+
+    def chat_text(self, prompt: str, n_images: int) -> str:
+        return self.processor.apply_chat_template(
+            self.messages(prompt, n_images), add_generation_prompt=True, tokenize=False
+        )
+
+    def preprocess(self, images: Sequence[Image.Image], text: str) -> dict[str, Any]:
+        """Run the processor; adapters override to resize or pass family options."""
+        return self.processor(images=list(images) or None, text=[text], return_tensors="pt")
+
+    def build_inputs(self, images: Sequence[Image.Image], prompt: str) -> Inputs:
+        images = [im.convert("RGB") for im in images]
+        text = self.chat_text(prompt, len(images))
+        features = dict(self.preprocess(images, text))
+        features = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in features.items()}
+        if "pixel_values" in features and features["pixel_values"].is_floating_point():
+            features["pixel_values"] = features["pixel_values"].to(self.hf.dtype)
+        grids = stack_grids(self.image_grids(features, images))
+        prompt_positions = self.locate_prompt(features["input_ids"][0], prompt, len(images))
+        return Inputs(features, images, prompt, grids, prompt_positions)
+
+    def locate_prompt(self, input_ids: torch.Tensor, prompt: str, n_images: int) -> np.ndarray:
+        """Positions of the user prompt's tokens, found by diffing two templated chats.
+
+        The chat with the prompt and the chat with an empty prompt share a prefix and a
+        suffix; what lies between is the prompt. No family's marker ids are needed.
+        """
+        tok = self.tokenizer
+        with_prompt = tok(self.chat_text(prompt, n_images), add_special_tokens=False)["input_ids"]
+        without = tok(self.chat_text("", n_images), add_special_tokens=False)["input_ids"]
+        suffix = 0
+        while (suffix < min(len(with_prompt), len(without))
+               and with_prompt[-1 - suffix] == without[-1 - suffix]):
+            suffix += 1
+        prefix = 0
+        while (prefix < min(len(with_prompt), len(without)) - suffix
+               and with_prompt[prefix] == without[prefix]):
+            prefix += 1
+        n_prompt = len(with_prompt) - prefix - suffix
+        ids = input_ids.tolist()
+        end = len(ids) - suffix
+        start = end - n_prompt
+        if n_prompt <= 0 or start < 0 or ids[start:end] != with_prompt[prefix:prefix + n_prompt]:
+            return np.zeros(0, dtype=np.int64)
+        return np.arange(start, end, dtype=np.int64)
+
+    # -- family hooks --------------------------------------------------------------------
+    def image_grids(self, features: dict[str, Any],
+                    images: Sequence[Image.Image]) -> list[ImageGrid]:
+        """The grids of image tokens in ``features['input_ids']``, in sequence order."""
+        raise NotImplementedError
+
+    def image_token_id(self) -> int:
+        config = self.hf.config
+        token_id = getattr(config, "image_token_id", None)
+        if token_id is None:
+            token_id = getattr(config, "image_token_index", None)
+        if token_id is None:
+            raise UnsupportedModelError(f"{self.model_id}: config has no image_token_id")
+        return int(token_id)
+
+    def unembedding(self) -> torch.Tensor:
+        """The unembedding matrix W_U, shape (V, d): logits = W_U @ h."""
+        return self.hf.get_output_embeddings().weight
+
+    def final_norm(self) -> torch.nn.Module:
+        return self.hf.model.language_model.norm
+
+    def decoder_layers(self) -> Sequence[torch.nn.Module]:
+        return self.hf.model.language_model.layers
+
+    def vision_layers(self) -> Sequence[torch.nn.Module]:
+        """Vision-encoder blocks, input to output; the last one feeds the projector."""
+        raise NotImplementedError
+
+    def default_vision_layer(self) -> int:
+        """Index into :meth:`vision_layers` of the layer whose output feeds the projector."""
+        feature_layer = getattr(self.hf.config, "vision_feature_layer", -1)
+        if isinstance(feature_layer, (list, tuple)):
+            feature_layer = feature_layer[-1]
+        n = len(self.vision_layers())
+        return int(feature_layer) % n if feature_layer is not None else n - 1
+
+    def vision_tokens_to_grids(self, tokens: Sequence[torch.Tensor],
+                               inputs: Inputs) -> torch.Tensor:
+        """Map per-token vision-layer scores onto the LLM image grids.
+
+        ``tokens`` holds what the chosen vision layer produced, one tensor per call of the
+        layer (shape (N_vision,) of scores after reducing channels). Returns a flat
+        (N_image_tokens,) tensor laid out like every other map.
+        """
+        raise NotImplementedError
+
+    def set_eager_attention(self) -> bool:
+        """Switch to eager attention (the only kind that returns weights); True if changed."""
+        current = getattr(self.hf.config, "_attn_implementation", None)
+        if current == "eager":
+            return False
+        self.hf.set_attn_implementation("eager")
+        return True
+
+
+def wrap(hf_model: torch.nn.Module, processor: Any, model_id: str | None = None) -> Model:
+    """Wrap an already-loaded Hugging Face model in the adapter registered for its class."""
+    adapter = adapter_for(type(hf_model).__name__)
+    return adapter(hf_model, processor, model_id=model_id)
+
+
+def adapter_for(architecture: str) -> type[Model]:
+    from mmxai.registry import manager
+
+    adapters = manager().items("models")
+    if architecture not in adapters:
+        supported = ", ".join(sorted(adapters)) or "none (no model plugin loaded)"
+        raise UnsupportedModelError(
+            f"no adapter for architecture {architecture!r}; supported: {supported}"
+        )
+    return adapters[architecture]
+
+
+def load_model(name_or_path: str, *, trust_remote_code: bool = False,
+               revision: str | None = None, **kwargs: Any) -> Model:
+    """Load a model by hub name or local path, e.g. ``Qwen/Qwen2-VL-2B-Instruct``."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, revision=revision
+        )
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(f"cannot load model {name_or_path!r}: {exc}") from exc
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures:
+        raise UnsupportedModelError(f"{name_or_path!r}: config names no architecture")
+    adapter = adapter_for(architectures[0])
+    return adapter.from_pretrained(
+        name_or_path, trust_remote_code=trust_remote_code, revision=revision, **kwargs
+    )

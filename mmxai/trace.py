@@ -1,0 +1,242 @@
+"""The trace: one pass over the model that every method shares.
+
+A trace holds, for one sample, what the methods declared they need:
+
+- ``hidden``: the last-layer, final-normed hidden states at every position that predicts a
+  token, (T-1, d). Any logit a logit-lens method wants is ``hidden[q] @ W_U[c]``, computed
+  for the few columns it asks for: we never hold positions x vocabulary logits (the
+  reference holds L x V, with V = 151,936 for Qwen2-VL);
+- ``layers``: other decoder layers' residual outputs, on request;
+- ``attentions``: per decoder layer (heads, T-1, T-1), only on request;
+- ``topk_ids`` / ``topk_logits`` and ``logsumexp`` at each generating position.
+
+:func:`generate_trace` records it while generating (hooks on the final norm, so the cost over
+bare generation is a copy); :func:`forced_trace` teacher-forces a known answer in one
+forward pass and gives the same maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mmxai.model import Inputs, Model
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs from the shared pass (and whether it runs passes of its own)."""
+
+    layers: tuple[int, ...] = ()  # decoder layers beyond the final normed states
+    attentions: bool = False
+    topk: int = 0  # top-k logits at generating positions
+    gradients: bool = False  # the method runs its own backward passes
+    extra_passes: bool = False  # the method runs its own forward passes
+
+    def __or__(self, other: Needs) -> Needs:
+        return Needs(
+            layers=tuple(sorted(set(self.layers) | set(other.layers))),
+            attentions=self.attentions or other.attentions,
+            topk=max(self.topk, other.topk),
+            gradients=self.gradients or other.gradients,
+            extra_passes=self.extra_passes or other.extra_passes,
+        )
+
+
+@dataclass
+class Trace:
+    """Everything recorded for one sample. T = prompt length L + generated length G."""
+
+    model: Model
+    inputs: Inputs
+    sequence: torch.Tensor  # (T,) prompt ids then generated ids
+    hidden: torch.Tensor  # (T-1, d) float32, final-normed last-layer states
+    layers: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (T-1, d)
+    attentions: list[torch.Tensor] | None = None  # per layer (heads, T-1, T-1)
+    topk_ids: torch.Tensor | None = None  # (G, k)
+    topk_logits: torch.Tensor | None = None  # (G, k)
+    logsumexp: torch.Tensor | None = None  # (G,) over the full vocabulary
+    _columns: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.inputs.input_ids.shape[0])
+
+    @property
+    def generated_ids(self) -> torch.Tensor:
+        return self.sequence[self.prompt_len:]
+
+    @property
+    def n_generated(self) -> int:
+        return int(self.sequence.shape[0]) - self.prompt_len
+
+    def generating_position(self, token: int) -> int:
+        """The position whose logits produced generated token ``token`` (0-based)."""
+        return self.prompt_len - 1 + token
+
+    @property
+    def image_positions(self) -> np.ndarray:
+        return self.inputs.image_positions
+
+    @property
+    def grids(self):
+        return self.inputs.grids
+
+    def token_strings(self) -> list[str]:
+        """Each generated token decoded on its own (what a user reads under its map)."""
+        tok = self.model.tokenizer
+        return [tok.decode([int(t)]) for t in self.generated_ids]
+
+    def logits(self, classes: Sequence[int], positions: Sequence[int] | np.ndarray | None = None,
+               layer: int | None = None) -> torch.Tensor:
+        """Logits of ``classes`` at ``positions`` (all T-1 by default): (P, C), float32.
+
+        Columns are cached per class, so methods that share the trace share the matmuls.
+        ``layer`` reads an intermediate layer through the final norm (the logit-lens
+        convention); None reads the last layer.
+        """
+        classes = [int(c) for c in classes]
+        if layer is None:
+            missing = [c for c in classes if c not in self._columns]
+            if missing:
+                w = self.model.unembedding()[missing].to(self.hidden.device, torch.float32)
+                block = self.hidden @ w.T
+                for j, c in enumerate(missing):
+                    self._columns[c] = block[:, j]
+            out = torch.stack([self._columns[c] for c in classes], dim=1)
+        else:
+            states = self.layers[layer]
+            norm = self.model.final_norm()
+            with torch.no_grad():
+                normed = norm(states.to(norm.weight.dtype)).float()
+            w = self.model.unembedding()[classes].to(normed.device, torch.float32)
+            out = normed @ w.T
+        if positions is not None:
+            out = out[torch.as_tensor(np.asarray(positions), dtype=torch.long, device=out.device)]
+        return out
+
+    def image_logits(self, classes: Sequence[int], layer: int | None = None) -> torch.Tensor:
+        """Logits of ``classes`` at the image tokens: (C, N_image), the raw logit-lens maps."""
+        return self.logits(classes, self.image_positions, layer=layer).T
+
+
+@contextmanager
+def _capture(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record each module's output (first element of a tuple) on every call."""
+    store: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
+    handles = []
+    for key, module in modules.items():
+        def hook(_m, _i, out, key=key):
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            store[key].append(out.detach()[0].float())
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _modules(model: Model, needs: Needs) -> dict[str, torch.nn.Module]:
+    modules = {"final": model.final_norm()}
+    layers = model.decoder_layers()
+    for index in needs.layers:
+        modules[f"layer{index % len(layers)}"] = layers[index]
+    return modules
+
+
+def _finish(model: Model, inputs: Inputs, sequence: torch.Tensor,
+            store: dict[str, list[torch.Tensor]], attentions: list[torch.Tensor] | None,
+            needs: Needs) -> Trace:
+    n = int(sequence.shape[0]) - 1
+    hidden = torch.cat(store.pop("final"), dim=0)[:n]
+    n_layers = len(model.decoder_layers())
+    layers = {int(k[5:]): torch.cat(v, dim=0)[:n] for k, v in store.items()}
+    layers = {**layers, **{i - n_layers: layers[i] for i in list(layers)}}
+    trace = Trace(model, inputs, sequence.detach().cpu(), hidden, layers, attentions)
+    prompt_len = trace.prompt_len
+    gen_hidden = hidden[prompt_len - 1:]
+    if gen_hidden.shape[0]:
+        w = model.unembedding()
+        logits = (gen_hidden.to(w.dtype) @ w.T).float()  # (G, V): transient, G rows only
+        trace.logsumexp = torch.logsumexp(logits, dim=-1)
+        if needs.topk:
+            values, ids = logits.topk(min(needs.topk, logits.shape[-1]), dim=-1)
+            trace.topk_logits, trace.topk_ids = values, ids
+    return trace
+
+
+def _assemble_attentions(steps: Sequence[Sequence[torch.Tensor]], n: int) -> list[torch.Tensor]:
+    """Stitch generate's per-step attentions into (heads, n, n) matrices per layer."""
+    per_layer = []
+    for layer in range(len(steps[0])):
+        heads = steps[0][layer].shape[1]
+        full = torch.zeros(heads, n, n)
+        row = 0
+        for step in steps:
+            block = step[layer][0].float()  # (heads, q, k)
+            q, k = block.shape[1], block.shape[2]
+            rows = min(q, n - row)
+            if rows <= 0:
+                break
+            full[:, row:row + rows, : min(k, n)] = block[:, :rows, :n]
+            row += rows
+        per_layer.append(full)
+    return per_layer
+
+
+def generate_trace(model: Model, inputs: Inputs, needs: Needs = Needs(),
+                   max_new_tokens: int = 32, **generate_kwargs) -> Trace:
+    """Generate greedily once and record what ``needs`` asks for on the way."""
+    if needs.attentions:
+        model.set_eager_attention()
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                  return_dict_in_generate=True, output_attentions=needs.attentions)
+    kwargs.update(generate_kwargs)
+    with torch.no_grad(), _capture(_modules(model, needs)) as store:
+        out = model.hf.generate(**inputs.features, **kwargs)
+    sequence = out.sequences[0]
+    n = int(sequence.shape[0]) - 1
+    attentions = _assemble_attentions(out.attentions, n) if needs.attentions else None
+    return _finish(model, inputs, sequence, store, attentions, needs)
+
+
+def forced_features(inputs: Inputs, sequence: torch.Tensor) -> dict:
+    """The processor features extended to ``sequence`` (teacher forcing a known answer).
+
+    Per-token tensors of the prompt (attention mask, token-type ids, ...) are extended: the
+    attention mask with ones, anything else with zeros.
+    """
+    features = dict(inputs.features)
+    prompt_len = inputs.input_ids.shape[0]
+    extra = sequence.shape[0] - prompt_len
+    device = inputs.input_ids.device
+    for key, value in inputs.features.items():
+        if torch.is_tensor(value) and value.dim() == 2 and value.shape == (1, prompt_len):
+            fill = 1 if key == "attention_mask" else 0
+            pad = torch.full((1, extra), fill, dtype=value.dtype, device=device)
+            features[key] = torch.cat([value, pad], dim=1)
+    features["input_ids"] = sequence.to(device)[None]
+    return features
+
+
+def forced_trace(model: Model, inputs: Inputs, generated_ids: torch.Tensor | Sequence[int],
+                 needs: Needs = Needs()) -> Trace:
+    """Teacher-force ``generated_ids`` after the prompt in one forward pass."""
+    if needs.attentions:
+        model.set_eager_attention()
+    generated = torch.as_tensor(list(map(int, generated_ids)), dtype=torch.long)
+    sequence = torch.cat([inputs.input_ids.cpu(), generated])
+    features = forced_features(inputs, sequence[:-1])
+    with torch.no_grad(), _capture(_modules(model, needs)) as store:
+        out = model.hf(**features, output_attentions=needs.attentions, use_cache=False,
+                       logits_to_keep=1)  # full-vocab logits only where needed
+    attentions = None
+    if needs.attentions:
+        attentions = [a[0].float() for a in out.attentions]
+    return _finish(model, inputs, sequence, store, attentions, needs)

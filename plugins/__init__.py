@@ -1,0 +1,1 @@
+"""Built-in model adapters (and metric plugins), installed as ``mmxai.plugins``."""
