@@ -1,12 +1,51 @@
 """The Metric interface: each metric says its name and which direction is better.
 
 The leaderboard reads ``higher_is_better`` and ``category`` instead of special-casing names
-(the Quantus pattern).
+(the Quantus pattern). A metric turns one evaluated sample into named *parts*, lists of
+values that are pooled over the dataset (TAM pools every object's IoU, not per-image means);
+:meth:`Metric.aggregate` turns the parts of many samples into one number. Bootstrap
+confidence intervals resample samples and call ``aggregate`` again, so a metric such as
+F1-IoU (a function of two pooled means) gets a correct interval for free.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from mmxai.trace import Needs
+
+if TYPE_CHECKING:
+    from mmxai.dataset import Sample
+    from mmxai.method import Method
+    from mmxai.model import Model
+    from mmxai.trace import Trace
+
+Parts = dict[str, list[float]]
+
+
+@dataclass
+class EvalItem:
+    """Everything a metric may look at for one (model, method, sample).
+
+    ``maps`` are the method's flat maps for every generated token, (G, N_image).
+    ``words`` groups generated tokens into words with their kind and label
+    (``mmxai.words.Word``). ``mask`` is the label map at the image's resolution, or None.
+    ``cost`` holds what the evaluator measured around ``method.explain``
+    (``seconds_per_token``, ``peak_bytes``).
+    """
+
+    sample: Sample
+    model: Model
+    method: Method
+    trace: Trace
+    maps: np.ndarray
+    words: list[Any] = field(default_factory=list)
+    mask: np.ndarray | None = None
+    cost: dict[str, float] = field(default_factory=dict)
 
 
 class Metric:
@@ -16,3 +55,16 @@ class Metric:
     #: "localisation", "faithfulness", "sanity" or "cost".
     category: ClassVar[str] = ""
     citation: ClassVar[str] = ""
+    #: What the shared trace must record for this metric (beyond the methods' needs).
+    needs: ClassVar[Needs] = Needs()
+    #: True if the metric needs ground-truth masks (samples without one are not counted).
+    needs_mask: ClassVar[bool] = False
+
+    def measure(self, item: EvalItem) -> Parts:
+        """This sample's contribution: named lists of values, pooled over samples."""
+        raise NotImplementedError
+
+    def aggregate(self, parts: Sequence[Parts]) -> float:
+        """Pool the samples' parts into one number; default: the mean of part ``value``."""
+        values = [v for p in parts for v in p.get("value", [])]
+        return float(np.mean(values)) if values else float("nan")

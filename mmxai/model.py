@@ -224,13 +224,14 @@ class Model:
         n = len(self.vision_layers())
         return int(feature_layer) % n if feature_layer is not None else n - 1
 
-    def vision_tokens_to_grids(self, tokens: Sequence[torch.Tensor],
+    def vision_tokens_to_grids(self, scores: Sequence[torch.Tensor],
                                inputs: Inputs) -> torch.Tensor:
-        """Map per-token vision-layer scores onto the LLM image grids.
+        """Map per-token scores of a vision layer onto the LLM image grids.
 
-        ``tokens`` holds what the chosen vision layer produced, one tensor per call of the
-        layer (shape (N_vision,) of scores after reducing channels). Returns a flat
-        (N_image_tokens,) tensor laid out like every other map.
+        ``scores`` holds one tensor per call of the chosen vision layer during one forward
+        pass: the layer output's shape without its channel dim, e.g. (n_images, 1 + S*S) for
+        CLIP-style towers (CLS first) or (N_patches,) for Qwen's batchless blocks. Returns a
+        flat (N_image,) tensor laid out like every other map (``inputs.image_positions``).
         """
         raise NotImplementedError
 
