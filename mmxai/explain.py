@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +74,13 @@ def make_method(spec: str | Method, **options: Any) -> Method:
 def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], prompt: str,
                  methods: Sequence[str | Method] = ("tam",), *, max_new_tokens: int = 32,
                  method_options: dict[str, dict[str, Any]] | None = None,
-                 tokens: Sequence[int] | None = None) -> dict[str, Explanation]:
+                 tokens: Sequence[int] | None = None,
+                 on_step: Callable[[str], None] | None = None) -> dict[str, Explanation]:
     """Trace once, then run every method on the shared trace.
 
     ``tokens`` selects generated-token indices (all by default). ``method_options`` maps a
-    method name to its options.
+    method name to its options. ``on_step`` (for progress displays) is called with
+    ``"trace"`` before generating and with each method's name before it runs.
     """
     if isinstance(model, str):
         model = load_model(model)
@@ -92,11 +94,15 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
     for method in instances:
         needs = needs | method.needs
     inputs = model.build_inputs(pil, prompt)
+    if on_step is not None:
+        on_step("trace")
     trace = generate_trace(model, inputs, needs, max_new_tokens=max_new_tokens)
     selected = list(range(trace.n_generated)) if tokens is None else [int(t) for t in tokens]
     strings = trace.token_strings()
     results = {}
     for method in instances:
+        if on_step is not None:
+            on_step(method.name)
         maps = np.asarray(method.explain(trace, selected), dtype=np.float32)
         results[method.name] = Explanation(method.name, method.describe_options(), trace,
                                            selected, maps, [strings[t] for t in selected])
