@@ -75,12 +75,14 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
                  methods: Sequence[str | Method] = ("tam",), *, max_new_tokens: int = 32,
                  method_options: dict[str, dict[str, Any]] | None = None,
                  tokens: Sequence[int] | None = None,
-                 on_step: Callable[[str], None] | None = None) -> dict[str, Explanation]:
+                 on_step: Callable[[str], None] | None = None,
+                 generate_kwargs: dict[str, Any] | None = None) -> dict[str, Explanation]:
     """Trace once, then run every method on the shared trace.
 
     ``tokens`` selects generated-token indices (all by default). ``method_options`` maps a
     method name to its options. ``on_step`` (for progress displays) is called with
     ``"trace"`` before generating and with each method's name before it runs.
+    ``generate_kwargs`` go to ``generate`` (e.g. ``min_new_tokens``).
     """
     if isinstance(model, str):
         model = load_model(model)
@@ -96,7 +98,8 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
     inputs = model.build_inputs(pil, prompt)
     if on_step is not None:
         on_step("trace")
-    trace = generate_trace(model, inputs, needs, max_new_tokens=max_new_tokens)
+    trace = generate_trace(model, inputs, needs, max_new_tokens=max_new_tokens,
+                           **(generate_kwargs or {}))
     selected = list(range(trace.n_generated)) if tokens is None else [int(t) for t in tokens]
     strings = trace.token_strings()
     results = {}

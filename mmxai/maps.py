@@ -28,7 +28,7 @@ def per_grid(fn: Callable[[np.ndarray], np.ndarray], flat: np.ndarray,
     """Apply ``fn`` to each grid's (n, rows, cols) block and return flat maps again."""
     flat = np.asarray(flat)
     out = np.empty_like(flat, dtype=np.float32)
-    for grid, block in zip(grids, split(flat, grids)):
+    for grid, block in zip(grids, split(flat, grids), strict=True):
         out[..., grid.offset:grid.offset + grid.size] = fn(block).reshape(*flat.shape[:-1], -1)
     return out
 
@@ -72,3 +72,27 @@ def minmax(x: np.ndarray, axis=None) -> np.ndarray:
     lo = x.min(axis=axis, keepdims=True)
     span = x.max(axis=axis, keepdims=True) - lo
     return np.divide(x - lo, span, out=np.zeros_like(x), where=span > 0)
+
+
+def resample(grid_maps: torch.Tensor, src_box: tuple[float, float, float, float],
+             dst_box: tuple[float, float, float, float],
+             dst_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample (C, h, w) maps from a grid covering ``src_box`` onto a grid covering ``dst_box``.
+
+    Boxes are in the same frame (fractions of the original image; a padded canvas gives
+    boxes reaching outside [0, 1]). Bilinear at the destination cell centres. Returns the
+    (C, H, W) maps and an (H, W) bool mask of the destination cells the source covers.
+    """
+    rows, cols = dst_shape
+    dx0, dy0, dx1, dy1 = dst_box
+    sx0, sy0, sx1, sy1 = src_box
+    xs = dx0 + (torch.arange(cols, dtype=torch.float32) + 0.5) / cols * (dx1 - dx0)
+    ys = dy0 + (torch.arange(rows, dtype=torch.float32) + 0.5) / rows * (dy1 - dy0)
+    u = (xs - sx0) / (sx1 - sx0)  # position inside the source grid, 0..1
+    v = (ys - sy0) / (sy1 - sy0)
+    covered = ((v >= 0) & (v <= 1))[:, None] & ((u >= 0) & (u <= 1))[None, :]
+    grid = torch.stack(torch.meshgrid(v * 2 - 1, u * 2 - 1, indexing="ij")[::-1], dim=-1)
+    src = grid_maps.float()[:, None]  # (C, 1, h, w)
+    out = F.grid_sample(src, grid[None].expand(src.shape[0], -1, -1, -1), mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    return out[:, 0], covered

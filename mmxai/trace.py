@@ -60,6 +60,8 @@ class Trace:
     topk_ids: torch.Tensor | None = None  # (G, k)
     topk_logits: torch.Tensor | None = None  # (G, k)
     logsumexp: torch.Tensor | None = None  # (G,) over the full vocabulary
+    #: Per-sample results that several methods or metrics share (e.g. MSEA's scaled passes).
+    cache: dict = field(default_factory=dict, repr=False)
     _columns: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -99,7 +101,10 @@ class Trace:
         ``layer`` reads an intermediate layer through the final norm (the logit-lens
         convention); None reads the last layer.
         """
-        classes = [int(c) for c in classes]
+        with torch.no_grad():
+            return self._logits([int(c) for c in classes], positions, layer)
+
+    def _logits(self, classes: list[int], positions, layer: int | None) -> torch.Tensor:
         if layer is None:
             missing = [c for c in classes if c not in self._columns]
             if missing:
@@ -111,8 +116,7 @@ class Trace:
         else:
             states = self.layers[layer]
             norm = self.model.final_norm()
-            with torch.no_grad():
-                normed = norm(states.to(norm.weight.dtype)).float()
+            normed = norm(states.to(norm.weight.dtype)).float()
             w = self.model.unembedding()[classes].to(normed.device, torch.float32)
             out = normed @ w.T
         if positions is not None:
