@@ -14,6 +14,7 @@ the ``register_models`` hook; :func:`load_model` dispatches on it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -240,6 +241,8 @@ class Model:
         current = getattr(self.hf.config, "_attn_implementation", None)
         if current == "eager":
             return False
+        warnings.warn(f"{self.model_id}: switching attention from {current!r} to 'eager' to "
+                      "record attention weights (slower, more memory)", stacklevel=2)
         self.hf.set_attn_implementation("eager")
         return True
 
