@@ -1,0 +1,170 @@
+"""``mmxai compare``: methods x metrics on a dataset, for one or more models.
+
+Results go to ``--out``: ``results.sqlite`` (``results-shard<i>-of<n>.sqlite`` for a shard),
+then the leaderboard files (``mmxai leaderboard`` re-renders and merges them later).
+A rerun with the same ``--out`` resumes: what is stored is skipped.
+
+With neither ``--model`` nor ``--dataset`` it runs the bundled benchmark: the registered
+dataset whose class sets ``default_benchmark = True``, on that class's ``default_model``.
+``--model tiny:<family>`` builds the family's tiny random model in memory (tests, demos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from mmxai.commands.explain import parse_options
+from mmxai.commands.tiny import find_family
+from mmxai.dataset import Dataset
+from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
+from mmxai.evaluation import Evaluator, NamedMetric, ResultStore, Shard, print_table, write_all
+from mmxai.evaluation.leaderboard import leaderboard
+from mmxai.explain import make_method
+from mmxai.model import Model, load_model
+from mmxai.registry import manager
+
+TINY = "tiny:"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", dest="models", action="append", metavar="MODEL",
+                        help="hub name, local folder or tiny:<family> (repeatable)")
+    parser.add_argument("--dataset", help="registered dataset name (see `mmxai plugins`)")
+    parser.add_argument("--data-root", type=Path, metavar="PATH", help="the dataset's folder")
+    parser.add_argument("--method", dest="methods", action="extend", nargs="+", metavar="NAME",
+                        help="method(s), repeatable or comma-separated (default: all registered)")
+    parser.add_argument("--metric", dest="metrics", action="extend", nargs="+", metavar="NAME",
+                        help="metric(s), repeatable or comma-separated (default: all registered)")
+    parser.add_argument("--option", dest="options", action="append", default=[],
+                        metavar="NAME.KEY=VALUE",
+                        help="an option of a method, metric or the dataset, e.g. "
+                             "deletion.steps=16 (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("mmxai-results"), metavar="DIR",
+                        help="results folder (default: mmxai-results)")
+    parser.add_argument("--limit", type=int, metavar="N", help="the first N samples only")
+    parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    parser.add_argument("--device", default="auto",
+                        help="torch device; auto: cuda (cuda:LOCAL_RANK under torchrun) if "
+                             "available, else cpu")
+    parser.add_argument("--dtype", default="auto",
+                        help="model dtype: auto, float32, bfloat16 or float16")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="run shard I of N (0-based); default: RANK/WORLD_SIZE if set")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                        help="bootstrap resamples for the intervals and tests (default 1000)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the checkpoint's own Python code to run")
+
+
+def _names(specs: list[str] | None, kind: str) -> list[str]:
+    if not specs:
+        return manager().names(kind)
+    names = [n.strip() for spec in specs for n in spec.split(",") if n.strip()]
+    return list(dict.fromkeys(names))
+
+
+def default_benchmark() -> type[Dataset]:
+    """The registered dataset class that declares itself the bundled benchmark."""
+    found = [cls for cls in manager().items("datasets").values()
+             if getattr(cls, "default_benchmark", False)]
+    if not found:
+        raise MMXAIError("no bundled benchmark: no registered dataset sets "
+                         "default_benchmark = True; pass --model and --dataset")
+    return found[0]
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec != "auto":
+        return torch.device(spec)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _dtype(spec: str) -> torch.dtype | str:
+    if spec == "auto":
+        return "auto"
+    dtype = getattr(torch, spec, None)
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"--dtype {spec!r}: expected auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto",
+               trust_remote_code: bool = False) -> Model:
+    """A model from a hub name, a local folder, or ``tiny:<family>``."""
+    if spec.startswith(TINY):
+        model = find_family(spec[len(TINY):]).tiny()
+        model.hf.to(device=device, dtype=None if dtype == "auto" else dtype)
+        return model
+    try:
+        return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc
+
+
+def model_label(spec: str) -> str:
+    """How a model is keyed in the store: the spec, with a local folder's path normalised."""
+    return os.path.normpath(spec) if Path(spec).is_dir() else spec
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    dataset_cls = (manager().get("datasets", args.dataset) if args.dataset
+                   else default_benchmark())
+    models = args.models or []
+    if not models:
+        default = getattr(dataset_cls, "default_model", None)
+        if not default:
+            raise MMXAIError(f"dataset {dataset_cls.name!r} has no default_model; pass --model")
+        models = [str(default)]
+    if args.limit is not None and args.limit < 1:
+        raise InputError("--limit must be at least 1")
+    if args.max_new_tokens < 1:
+        raise InputError("--max-new-tokens must be at least 1")
+    methods = _names(args.methods, "methods")
+    metrics = _names(args.metrics, "metrics")
+    options = parse_options(args.options, [*methods, *metrics, dataset_cls.name])
+    # Everything the user typed is checked before the (slow) model loads.
+    dataset = dataset_cls(root=args.data_root, **options.get(dataset_cls.name, {}))
+    method_objs = [make_method(name, **options.get(name, {})) for name in methods]
+    metric_objs = [NamedMetric.make(manager().get("metrics", name), options.get(name))
+                   for name in metrics]
+    shard = Shard.parse(args.shard) if args.shard else Shard.from_env()
+    device = resolve_device(args.device)
+    store_path = args.out / shard.store_name()
+    with ResultStore(store_path) as store:
+        evaluator = Evaluator(dataset, method_objs, metric_objs, store,
+                              max_new_tokens=args.max_new_tokens, limit=args.limit,
+                              shard=shard, seed=args.seed, progress=not args.no_progress)
+        for spec in models:
+            with console.status(f"loading {spec}"):
+                model = open_model(spec, device, _dtype(args.dtype), args.trust_remote_code)
+            summary = evaluator.run(model, model_label(spec))
+            console.print(_summary_line(summary.__dict__, shard))
+            del model
+    if shard.count > 1:
+        console.print(f"shard {shard.label} stored in {store_path}; when every shard is done: "
+                      f"mmxai leaderboard {args.out}")
+        return 0
+    board = leaderboard([store_path], n_boot=args.bootstrap, seed=args.seed)
+    print_table(board, console)
+    paths = write_all(board, args.out)
+    console.print(f"wrote {', '.join(p.name for p in paths)} to {args.out}")
+    return 0
+
+
+def _summary_line(summary: dict[str, Any], shard: Shard) -> str:
+    where = f" (shard {shard.label})" if shard.count > 1 else ""
+    return (f"{summary['model']}{where}: {summary['samples']} samples, "
+            f"{summary['evaluated']} evaluated now, {summary['resumed']} already stored, "
+            f"{len(summary['failures'])} failed")

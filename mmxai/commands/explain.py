@@ -1,0 +1,210 @@
+"""``mmxai explain MODEL IMAGE...``: one map per generated token, as PNGs, HTML and npz.
+
+Writes into ``--out``:
+
+- ``<method>/<index>_<token>.png``: the map of each generated token over the image
+  (``<method>/image<k>/...`` when several images are given);
+- ``index.html`` (``image<k>.html`` per image, plus an index, for several images): the
+  answer as clickable tokens, each showing its map; self-contained, works offline;
+- ``<method>/maps.npz``: the raw flat maps (n_tokens, N_image) with the grid layout, to
+  reshape with :mod:`mmxai.maps`;
+- ``run.json``: model, prompt, answer, methods and options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from mmxai import render
+from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
+from mmxai.explain import Explanation, explain_many, load_image, make_method
+from mmxai.model import Model, load_model
+
+DEFAULT_METHOD = "tam"
+HEATMAP_SIDE = 192  # maps are smooth: the page needs no more pixels than this
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="hub name (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s)")
+    parser.add_argument("--prompt", default="Describe the image.", help="the user prompt")
+    parser.add_argument("--method", dest="methods", action="extend", nargs="+", metavar="NAME",
+                        help=f"attribution method(s), repeatable or comma-separated "
+                             f"(default: {DEFAULT_METHOD}; see `mmxai plugins`)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    parser.add_argument("--out", type=Path, default=Path("mmxai-out"), metavar="DIR",
+                        help="output folder (default: mmxai-out)")
+    parser.add_argument("--option", dest="options", action="append", default=[],
+                        metavar="METHOD.KEY=VALUE",
+                        help="a method option, e.g. tam.rank_gaussian=false (repeatable)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the checkpoint's own Python code to run")
+
+
+def parse_options(specs: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``["tam.alpha=0.5"]`` -> ``{"tam": {"alpha": 0.5}}``; values are read as JSON if
+    they parse (numbers, true/false, lists), else kept as strings."""
+    options: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key, sep, raw = spec.partition("=")
+        method, dot, name = key.partition(".")
+        if not (sep and dot and method and name):
+            raise MMXAIError(f"--option {spec!r}: expected METHOD.KEY=VALUE")
+        if method not in methods:
+            raise MMXAIError(f"--option {spec!r}: method {method!r} is not run "
+                             f"(methods: {', '.join(methods)})")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        options.setdefault(method, {})[name] = value
+    return options
+
+
+def _load(args: argparse.Namespace) -> Model:
+    try:
+        return load_model(args.model, device=args.device,
+                          trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as exc:  # missing weights or processor files in the folder
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"cannot load model {args.model!r}: {first}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = [m.strip() for spec in (args.methods or [DEFAULT_METHOD])
+               for m in spec.split(",") if m.strip()]
+    methods = list(dict.fromkeys(methods))
+    if args.max_new_tokens < 1:
+        raise InputError("--max-new-tokens must be at least 1")
+    options = parse_options(args.options, methods)
+    # Everything the user typed is checked before the (slow) model load.
+    images = [load_image(path) for path in args.images]
+    instances = [make_method(name, **options.get(name, {})) for name in methods]
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"loading {args.model}", total=2 + 2 * len(instances))
+        model = _load(args)
+
+        def on_step(step: str) -> None:
+            label = "tracing (one generation for all methods)" if step == "trace" else step
+            progress.update(task, description=label, advance=1)
+
+        explanations = explain_many(model, images, args.prompt, instances,
+                                    max_new_tokens=args.max_new_tokens, on_step=on_step)
+        heatmaps = {}
+        for name, explanation in explanations.items():
+            progress.update(task, description=f"rendering {name}", advance=1)
+            write_method(explanation, render_overlays(explanation, images), args.out)
+            heatmaps[name] = render_heatmaps(explanation, images)
+    pages = write_pages(explanations, heatmaps, images, args.out, title=f"mmxai: {args.model}")
+    write_run(explanations, args)
+    first = next(iter(explanations.values()))
+    console = Console()
+    console.print(f"[bold]answer:[/] {escape(repr(first.text))}")
+    console.print(f"{len(first.tokens)} tokens x {len(explanations)} method(s) x "
+                  f"{len(images)} image(s) -> {args.out}/; open {pages[0]}")
+    return 0
+
+
+def render_overlays(explanation: Explanation, images: list[Image.Image]) -> list[list[bytes]]:
+    """PNG bytes of each explained token's map over each image: ``[image][token]``.
+
+    Sizes follow :func:`mmxai.render.fit`, so big photos shrink and tiny images grow.
+    """
+    rendered = []
+    for index, image in enumerate(images):
+        shown = image.resize(render.fit(image.size), Image.Resampling.BICUBIC)
+        size = (shown.height, shown.width)
+        rendered.append([
+            render.png_bytes(render.overlay(shown, explanation.image_map(i, image=index,
+                                                                         size=size)))
+            for i in range(len(explanation.tokens))
+        ])
+    return rendered
+
+
+def render_heatmaps(explanation: Explanation, images: list[Image.Image]) -> list[list[bytes]]:
+    """PNG bytes of each explained token's bare JET map for the HTML page:
+    ``[image][token]``, HEATMAP_SIDE pixels on the longer side (the browser smooths them)."""
+    rendered = []
+    for index, image in enumerate(images):
+        width, height = render.fit(image.size, HEATMAP_SIDE, HEATMAP_SIDE)
+        rendered.append([
+            render.heat_png(explanation.image_map(i, image=index, size=(height, width)))
+            for i in range(len(explanation.tokens))
+        ])
+    return rendered
+
+
+def write_method(explanation: Explanation, overlays: list[list[bytes]], out: Path) -> None:
+    """One method's PNGs (one per token and image) and its raw maps as ``maps.npz``."""
+    folder = out / render.safe_filename(explanation.method)
+    for index, pngs in enumerate(overlays):
+        target = folder / f"image{index}" if len(overlays) > 1 else folder
+        target.mkdir(parents=True, exist_ok=True)
+        for token, word, png in zip(explanation.tokens, explanation.words, pngs, strict=True):
+            (target / f"{token:03d}_{render.safe_filename(word)}.png").write_bytes(png)
+    grids = explanation.trace.grids
+    np.savez_compressed(
+        folder / "maps.npz",
+        maps=explanation.maps,
+        tokens=np.asarray(explanation.tokens, dtype=np.int64),
+        words=np.asarray(explanation.words, dtype=str),
+        generated_ids=explanation.trace.generated_ids.numpy(),
+        grid_shapes=np.asarray([g.shape for g in grids], dtype=np.int64).reshape(-1, 2),
+        grid_offsets=np.asarray([g.offset for g in grids], dtype=np.int64),
+        grid_images=np.asarray([g.image for g in grids], dtype=np.int64),
+        grid_frames=np.asarray([g.frame for g in grids], dtype=np.int64),
+        grid_boxes=np.asarray([g.box for g in grids], dtype=np.float32).reshape(-1, 4),
+    )
+
+
+def write_pages(explanations: dict[str, Explanation], heatmaps: dict[str, list[list[bytes]]],
+                images: list[Image.Image], out: Path, title: str) -> list[Path]:
+    """One self-contained HTML page per image (``index.html`` for a single image); the
+    first path returned is the one to open."""
+    first = next(iter(explanations.values()))
+    subtitle = f"prompt: {first.trace.inputs.prompt!r} | answer: {first.text!r}"
+    paths = []
+    for index, image in enumerate(images):
+        methods = [render.PageMethod(name, pngs[index]) for name, pngs in heatmaps.items()]
+        path = out / ("index.html" if len(images) == 1 else f"image{index}.html")
+        heading = title if len(images) == 1 else f"{title} (image {index})"
+        path.write_text(render.html_page(heading, image, first.words, methods, subtitle),
+                        encoding="utf-8")
+        paths.append(path)
+    if len(images) > 1:
+        links = "".join(f'<li><a href="{p.name}">image {i}</a></li>' for i, p in enumerate(paths))
+        (out / "index.html").write_text(
+            f'<!DOCTYPE html><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<ul>{links}</ul>", encoding="utf-8")
+        paths.insert(0, out / "index.html")
+    return paths
+
+
+def write_run(explanations: dict[str, Explanation], args: argparse.Namespace) -> None:
+    """``run.json``: what was run and what the model answered."""
+    first = next(iter(explanations.values()))
+    record = {
+        "model": args.model,
+        "model_class": type(first.trace.model.hf).__name__,
+        "images": [str(p) for p in args.images],
+        "prompt": args.prompt,
+        "answer": first.text,
+        "tokens": first.words,
+        "methods": {name: e.options for name, e in explanations.items()},
+    }
+    (args.out / "run.json").write_text(json.dumps(record, indent=2, default=str),
+                                       encoding="utf-8")

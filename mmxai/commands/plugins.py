@@ -1,0 +1,39 @@
+"""``mmxai plugins``: every plugin, what it registered, its licence, and why it broke."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from mmxai.hookspecs import KINDS
+from mmxai.registry import ENV_VAR, manager
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    plugins = manager().plugins()
+    if args.json:
+        print(json.dumps([p.as_dict() for p in plugins], indent=2))
+        return 0
+    table = Table(title="mmxai plugins", title_justify="left")
+    for column in ("plugin", "distribution", "version", "licence", "registered", "status"):
+        table.add_column(column, overflow="fold")
+    for p in plugins:
+        registered = "\n".join(f"{kind}: {', '.join(p.registered[kind])}"
+                               for kind in KINDS if p.registered.get(kind))
+        status = f"[red]broken: {p.error}[/]" if p.broken else "[green]ok[/]"
+        table.add_row(p.name, p.distribution, p.version, p.license or "[yellow]unknown[/]",
+                      registered or "[dim]nothing[/]", status)
+    console = Console()
+    console.print(table)
+    broken = sum(p.broken for p in plugins)
+    console.print(f"{len(plugins)} plugins, {broken} broken"
+                  f"{'' if broken == 0 else ' (the rest work normally)'}. "
+                  f"Set {ENV_VAR}=a,b to load only some.")
+    return 0
