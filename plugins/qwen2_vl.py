@@ -1,1 +1,246 @@
-"""Placeholder: filled in by its issue."""
+"""Adapters for Qwen2-VL and Qwen2.5-VL (native-resolution images, merged patch grids).
+
+The processor smart-resizes each image to multiples of ``patch_size * merge_size`` (the
+whole image, no crop), cuts it into patches and orders them so that every
+``merge_size x merge_size`` group is contiguous, groups row-major. The merger turns each
+group into one LLM image token, so image ``i`` with ``image_grid_thw[i] = (t, H, W)`` becomes
+``t`` row-major grids of ``(H // m, W // m)`` tokens.
+
+Qwen2.5-VL's vision blocks run on a window-ordered sequence: the merge groups are permuted
+window by window (``window_index``) before the first block and put back after the merger,
+so per-patch scores read off a block must be un-permuted before they line up with the grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mmxai.errors import InputError
+from mmxai.hookspecs import hookimpl
+from mmxai.model import ImageGrid, Inputs, Model
+from mmxai.tiny import CHATML_TEMPLATE, random_model, train_tokenizer
+
+VISION_TOKENS = (
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", *VISION_TOKENS,
+)
+IMAGE_MARKUP = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+@cache
+def image_only_processor(processor_name: str) -> type:
+    """``processor_name`` (e.g. ``"Qwen2VLProcessor"``) without its video processor.
+
+    The stock processors require a video processor, whose base class imports torchvision;
+    images need only the image processor and the tokenizer. ``from_pretrained`` on this class
+    reads a hub checkpoint's image-processor config, tokenizer and chat template as they are.
+    """
+    import transformers
+
+    base = getattr(transformers, processor_name)
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        base.__init__(self, image_processor, tokenizer, None, chat_template=chat_template,
+                      **kwargs)
+
+    return type(f"ImageOnly{processor_name}", (base,), {
+        "__init__": __init__, "__module__": __name__,
+        "__doc__": f"{processor_name} for images: no video processor, so no torchvision.",
+    })
+
+
+class Qwen2VL(Model):
+    """Qwen2-VL: ``model.model.visual.blocks`` in patch order, then a 2x2 patch merger."""
+
+    name = "qwen2-vl"
+    architectures = ("Qwen2VLForConditionalGeneration",)
+    processor_name = "Qwen2VLProcessor"
+    config_name = "Qwen2VLConfig"
+
+    def __init__(self, hf_model: torch.nn.Module, processor: Any, model_id: str | None = None,
+                 revision: str | None = None, max_pixels: int | None = None) -> None:
+        super().__init__(hf_model, processor, model_id=model_id, revision=revision)
+        #: Pixel budget per image (smart-resize's ``longest_edge``); None keeps the processor's.
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def hf_classes(cls) -> tuple[Any, Any]:
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText, image_only_processor(cls.processor_name)
+
+    # -- inputs --------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image], text: str) -> dict[str, Any]:
+        kwargs = {}
+        if self.max_pixels is not None and images:
+            shortest = self.processor.image_processor.size["shortest_edge"]
+            kwargs["size"] = {"shortest_edge": min(shortest, self.max_pixels),
+                              "longest_edge": self.max_pixels}
+        return self.processor(images=list(images) or None, text=[text], return_tensors="pt",
+                              **kwargs)
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.hf.config.vision_config.spatial_merge_size)
+
+    def image_grids(self, features: dict[str, Any],
+                    images: Sequence[Image.Image]) -> list[ImageGrid]:
+        """One (H/m, W/m) grid per image and temporal group, in sequence order."""
+        positions = torch.nonzero(features["input_ids"][0] == self.image_token_id())
+        positions = positions.flatten().cpu().numpy()
+        grid_thw = features.get("image_grid_thw")
+        m = self.merge_size
+        shapes = [] if grid_thw is None else [
+            (image, frame, int(h) // m, int(w) // m)
+            for image, (t, h, w) in enumerate(grid_thw.tolist()) for frame in range(int(t))
+        ]
+        expected = sum(rows * cols for _, _, rows, cols in shapes)
+        if expected != len(positions):
+            raise InputError(
+                f"{self.model_id}: the prompt has {len(positions)} image tokens but "
+                f"image_grid_thw describes {expected} for {len(images)} image(s)"
+            )
+        grids, start = [], 0
+        for image, frame, rows, cols in shapes:
+            grids.append(ImageGrid(image=image, positions=positions[start:start + rows * cols],
+                                   shape=(rows, cols), frame=frame))
+            start += rows * cols
+        return grids
+
+    # -- vision layers -------------------------------------------------------------------
+    def vision_layers(self) -> Sequence[torch.nn.Module]:
+        return self.hf.model.visual.blocks
+
+    def default_vision_layer(self) -> int:
+        return len(self.vision_layers()) - 1  # the block the merger reads
+
+    def block_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
+        """The merge group at each group slot of the blocks' sequence; None: grid order."""
+        return None
+
+    def vision_tokens_to_grids(self, scores: Sequence[torch.Tensor],
+                               inputs: Inputs) -> torch.Tensor:
+        """Per-patch scores (N_patches,) per block call -> flat (N_image,) grid scores.
+
+        Each merge group's ``m * m`` patch scores are averaged into the one LLM token the
+        merger makes of them.
+        """
+        flat = torch.cat([s.reshape(-1).float() for s in scores])
+        grid_thw = inputs.features["image_grid_thw"].cpu()
+        n_patches = int(grid_thw.prod(dim=-1).sum())
+        if flat.numel() != n_patches:
+            raise InputError(
+                f"{self.model_id}: {flat.numel()} vision-layer scores for {n_patches} patches"
+            )
+        groups = flat.reshape(-1, self.merge_size ** 2).mean(dim=-1)
+        order = self.block_order(grid_thw)
+        if order is None:
+            return groups
+        grid_scores = torch.empty_like(groups)
+        grid_scores[order.to(groups.device)] = groups
+        return grid_scores
+
+    # -- tiny model ----------------------------------------------------------------------
+    @classmethod
+    def tiny_vision_config(cls) -> dict[str, Any]:
+        return dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
+                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> Qwen2VL:
+        """Text hidden 64 x 2 layers, vision hidden 32 x 2 blocks, patch 14; 4-32 tokens/image."""
+        import transformers
+
+        template = CHATML_TEMPLATE.replace("{{ image_markup }}", IMAGE_MARKUP)
+        tokenizer = train_tokenizer(SPECIAL_TOKENS, eos_token="<|im_end|>",
+                                    pad_token="<|endoftext|>", chat_template=template)
+        ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+        text_config = dict(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            # mrope splits head_dim / 2 = 8 rotary frequencies over (t, h, w)
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                             "mrope_section": [2, 3, 3]},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        )
+        config = getattr(transformers, cls.config_name)(
+            text_config=text_config, vision_config=cls.tiny_vision_config(),
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+        )
+        hf_model = random_model(getattr(transformers, cls.architectures[0]), config, seed)
+        generation = hf_model.generation_config
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(generation, key, text_config[key])
+        # A trained model never writes vision placeholders; a random one would, and a
+        # placeholder in the answer breaks teacher forcing (image features != image tokens).
+        generation.suppress_tokens = [ids[t] for t in VISION_TOKENS]
+        # smart-resize to 4..32 LLM tokens (16..128 patches) per image
+        image_processor = transformers.Qwen2VLImageProcessorPil(
+            min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 32
+        )
+        processor = image_only_processor(cls.processor_name)(
+            image_processor=image_processor, tokenizer=tokenizer, chat_template=template
+        )
+        return cls(hf_model, processor, model_id=f"tiny-{cls.name}")
+
+
+class Qwen2_5_VL(Qwen2VL):
+    """Qwen2.5-VL: as Qwen2-VL, but the vision blocks see merge groups window by window."""
+
+    name = "qwen2.5-vl"
+    architectures = ("Qwen2_5_VLForConditionalGeneration",)
+    processor_name = "Qwen2_5_VLProcessor"
+    config_name = "Qwen2_5_VLConfig"
+
+    def block_order(self, grid_thw: torch.Tensor) -> torch.Tensor:
+        vision = self.hf.config.vision_config
+        return window_index(grid_thw, vision.spatial_merge_size, vision.window_size,
+                            vision.patch_size)
+
+    @classmethod
+    def tiny_vision_config(cls) -> dict[str, Any]:
+        # 56-pixel windows are 2x2 LLM tokens, so even tiny grids are window-permuted
+        return dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64,
+                    num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                    window_size=56, fullatt_block_indexes=[1])
+
+
+def window_index(grid_thw: torch.Tensor, merge_size: int, window_size: int,
+                 patch_size: int) -> torch.Tensor:
+    """Qwen2.5-VL's window order: (N_groups,) merge-group index at each slot of the blocks.
+
+    Per image and temporal group, the (rows, cols) grid of merge groups is cut into windows
+    of ``window_size // merge_size // patch_size`` groups a side (the last row and column of
+    windows may be short), taken row-major, groups row-major inside each window: the order
+    of ``get_window_index`` in transformers.
+    """
+    side = window_size // merge_size // patch_size
+    order, offset = [], 0
+    for t, h, w in grid_thw.tolist():
+        rows, cols = int(h) // merge_size, int(w) // merge_size
+        index = torch.arange(int(t) * rows * cols).reshape(int(t), rows, cols)
+        n_rows, n_cols = -(-rows // side), -(-cols // side)
+        padded = F.pad(index, (0, n_cols * side - cols, 0, n_rows * side - rows), value=-1)
+        padded = padded.reshape(int(t), n_rows, side, n_cols, side).permute(0, 1, 3, 2, 4)
+        padded = padded.reshape(-1)
+        order.append(padded[padded >= 0] + offset)
+        offset += int(t) * rows * cols
+    return torch.cat(order)
+
+
+@hookimpl
+def register_models(register) -> None:
+    register(Qwen2VL)
+    register(Qwen2_5_VL)
