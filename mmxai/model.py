@@ -223,7 +223,13 @@ class Model:
         if isinstance(feature_layer, (list, tuple)):
             feature_layer = feature_layer[-1]
         n = len(self.vision_layers())
-        return int(feature_layer) % n if feature_layer is not None else n - 1
+        if feature_layer is None:
+            return n - 1
+        # HF hidden_states[k] is the output of layer k - 1: index 0 holds the embeddings.
+        index = int(feature_layer)
+        if index == 0 or index < -n:
+            raise UnsupportedModelError(f"{self.model_id}: vision features are the embeddings")
+        return index - 1 if index > 0 else index % n
 
     def vision_tokens_to_grids(self, scores: Sequence[torch.Tensor],
                                inputs: Inputs) -> torch.Tensor:

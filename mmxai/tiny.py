@@ -58,3 +58,17 @@ def train_tokenizer(special_tokens: Sequence[str], extra_text: str = "", vocab_s
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **fast_kwargs)
     fast.add_special_tokens({"additional_special_tokens": list(special_tokens)})
     return fast
+
+
+def random_model(model_cls, config, seed: int = 0):
+    """``model_cls(config)`` with weights drawn from ``seed``, eager attention, in eval mode.
+
+    Eager attention is the only kind that returns attention weights (sdpa returns none).
+    """
+    import torch
+
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    return model.eval()

@@ -1,1 +1,209 @@
-"""Placeholder: filled in by its issue."""
+"""Adapter for LLaVA-1.5 (``LlavaForConditionalGeneration``): one fixed-size crop per image.
+
+The processor resizes each image's short side and centre-crops it to ``crop_size``; a CLIP
+tower cuts the crop into ``S x S`` patches (plus a CLS token, dropped under the
+``"default"`` feature strategy) and the projector turns each patch into one LLM image
+token. So every image is one row-major ``(S, S)`` grid whose ``box`` is the crop's region of
+the original image: maps map back through the crop, and the cropped-off margins get none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmxai.errors import UnsupportedModelError
+from mmxai.hookspecs import hookimpl
+from mmxai.model import ImageGrid, Inputs, Model
+from mmxai.tiny import random_model, train_tokenizer
+
+#: llava-hf's template: images first (``<image>\n`` each), then the text, then the answer cue.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ part['text'] + ' ' }}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+#: Tiny sizes shared by the LLaVA family: 56-pixel crops of 14-pixel patches, a 4 x 4 grid.
+TINY_IMAGE_SIZE = 56
+TINY_PATCH_SIZE = 14
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+
+
+def tiny_clip_config():
+    """A 2-layer, 32-wide CLIP vision tower on :data:`TINY_IMAGE_SIZE` crops."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, image_size=TINY_IMAGE_SIZE,
+                            patch_size=TINY_PATCH_SIZE, projection_dim=32)
+
+
+def size_value(size: Any, key: str) -> int | None:
+    """A key of a size dict (plain dict or transformers' SizeDict across versions)."""
+    value = size.get(key) if hasattr(size, "get") else getattr(size, key, None)
+    return int(value) if value is not None else None
+
+
+def crop_box(image_processor: Any, width: int, height: int,
+             pad_to_square: bool = False) -> tuple[float, float, float, float]:
+    """The region of a ``width x height`` image that a CLIP-style image processor keeps.
+
+    Replays the processor's geometry (optional pad-to-square, resize, centre crop) on the
+    region a canvas covers, in original pixels, and returns it as fractions
+    ``(x0, y0, x1, y1)``. With padding or an upscaling crop the box may reach outside
+    ``[0, 1]``: the grid then also covers padding.
+    """
+    from transformers.image_transforms import get_resize_output_image_size
+
+    x0, y0, x1, y1 = 0.0, 0.0, float(width), float(height)  # what the canvas covers
+    w, h = width, height  # the canvas in pixels
+    if pad_to_square:
+        side = max(w, h)
+        x0 -= (side - w) // 2
+        y0 -= (side - h) // 2
+        x1, y1, w, h = x0 + side, y0 + side, side, side
+    if getattr(image_processor, "do_resize", True):
+        size = image_processor.size
+        short, long = size_value(size, "shortest_edge"), size_value(size, "longest_edge")
+        if short is not None and long is None:
+            canvas = np.broadcast_to(np.uint8(0), (3, h, w))  # a shape, no memory
+            h, w = get_resize_output_image_size(canvas, short, default_to_square=False,
+                                                input_data_format="channels_first")
+        elif size_value(size, "height") is not None and size_value(size, "width") is not None:
+            h, w = size_value(size, "height"), size_value(size, "width")
+        else:
+            raise UnsupportedModelError(f"image processor size {size!r} is not supported")
+    if getattr(image_processor, "do_center_crop", True):
+        crop = image_processor.crop_size
+        crop_h, crop_w = size_value(crop, "height"), size_value(crop, "width")
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2  # as transformers' center_crop
+        sx, sy = (x1 - x0) / w, (y1 - y0) / h
+        x0, x1 = x0 + left * sx, x0 + (left + crop_w) * sx
+        y0, y1 = y0 + top * sy, y0 + (top + crop_h) * sy
+    return (x0 / width, y0 / height, x1 / width, y1 / height)
+
+
+def split_runs(positions: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """Cut the image-token positions into consecutive per-image runs of ``counts`` tokens."""
+    if sum(counts) != len(positions):
+        raise UnsupportedModelError(
+            f"{len(positions)} image tokens in the prompt, but the images need {sum(counts)}"
+        )
+    return np.split(positions, np.cumsum(counts)[:-1])
+
+
+def token_positions(features: dict[str, Any], token_id: int) -> np.ndarray:
+    """Positions of ``token_id`` in ``features['input_ids']`` (1, L): (n,) int64."""
+    ids = features["input_ids"][0]
+    return torch.nonzero(ids == token_id).flatten().cpu().numpy().astype(np.int64)
+
+
+def stack_calls(scores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One vision layer's per-call scores, (n_i, tokens) each, as one (sum n_i, tokens)."""
+    return torch.cat([torch.as_tensor(s).reshape(-1, s.shape[-1]) for s in scores]).float()
+
+
+class Llava(Model):
+    """LLaVA-1.5: a CLIP tower on one centre crop per image, ``(S, S)`` tokens per image."""
+
+    name = "llava"
+    architectures = ("LlavaForConditionalGeneration",)
+
+    @property
+    def fixed_size(self) -> tuple[int, int]:  # type: ignore[override]
+        """(height, width) of the processor's crop: the canvas every image ends up on."""
+        crop = self.processor.image_processor.crop_size
+        return (size_value(crop, "height"), size_value(crop, "width"))
+
+    def vision_layers(self) -> Sequence[torch.nn.Module]:
+        return self.hf.model.vision_tower.encoder.layers
+
+    def patch_grid(self, features: dict[str, Any]) -> tuple[int, int]:
+        """(rows, cols) of vision patches in one processed crop (CLS excluded)."""
+        patch = int(self.hf.config.vision_config.patch_size)
+        height, width = features["pixel_values"].shape[-2:]
+        return (int(height) // patch, int(width) // patch)
+
+    def image_grids(self, features: dict[str, Any],
+                    images: Sequence[Image.Image]) -> list[ImageGrid]:
+        """One ``(S, S)`` grid per image, ``box`` = its centre crop in the original image.
+
+        Each image's run of image tokens ends with the grid: with the ``"full"`` feature
+        strategy the run starts with the CLS token, which belongs to no patch.
+        """
+        positions = token_positions(features, self.image_token_id())
+        if not images:
+            return []
+        per_image, rest = divmod(len(positions), len(images))
+        rows, cols = self.patch_grid(features)
+        if rest or per_image < rows * cols:
+            raise UnsupportedModelError(
+                f"{len(positions)} image tokens do not split into {len(images)} grids of "
+                f"{rows}x{cols}"
+            )
+        runs = split_runs(positions, [per_image] * len(images))
+        ip = self.processor.image_processor
+        pad = bool(getattr(ip, "do_pad", False))  # LLaVA's do_pad pads to a square first
+        return [ImageGrid(image=i, positions=run[-rows * cols:], shape=(rows, cols),
+                          box=crop_box(ip, *image.size, pad_to_square=pad))
+                for i, (run, image) in enumerate(zip(runs, images, strict=True))]
+
+    def vision_tokens_to_grids(self, scores: Sequence[torch.Tensor],
+                               inputs: Inputs) -> torch.Tensor:
+        """(n_images, 1 + S*S) per call, CLS first -> the flat (n_images * S*S,) map.
+
+        Patch ``k`` of image ``i`` becomes LLM token ``k`` of grid ``i``: the projector works
+        token by token, so the order is kept.
+        """
+        tokens = stack_calls(scores)
+        rows, cols = self.patch_grid(inputs.features)
+        return tokens[:, -rows * cols:].reshape(-1)
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> Llava:
+        """Tiny LLaVA-1.5: Llama text (64 wide, 2 layers), CLIP tower on 56-pixel crops."""
+        from transformers import (
+            LlamaConfig,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+        )
+        from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+        tokenizer = train_tokenizer(["<image>", "<s>", "</s>", "<pad>"],
+                                    extra_text="USER ASSISTANT", bos_token="<s>",
+                                    eos_token="</s>", pad_token="<pad>",
+                                    chat_template=CHAT_TEMPLATE)
+        image_processor = LlavaImageProcessorPil(
+            size={"shortest_edge": TINY_IMAGE_SIZE},
+            crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        )
+        processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                   patch_size=TINY_PATCH_SIZE,
+                                   vision_feature_select_strategy="default",
+                                   num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+        config = LlavaConfig(
+            vision_config=tiny_clip_config(),
+            text_config=LlamaConfig(vocab_size=len(tokenizer), **TINY_TEXT),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            vision_feature_layer=-2, vision_feature_select_strategy="default",
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = random_model(LlavaForConditionalGeneration, config, seed)
+        return cls(model, processor, model_id="tiny-llava")
+
+
+@hookimpl
+def register_models(register):
+    register(Llava)

@@ -1,1 +1,181 @@
-"""Placeholder: filled in by its issue."""
+"""Adapter for LLaVA-NeXT (``LlavaNextForConditionalGeneration``): a base view plus tiles.
+
+The processor gives each image a *base* view (the whole image squashed to the crop size)
+and cuts a copy resized, aspect kept, onto the best ``image_grid_pinpoints`` canvas into
+crop-sized tiles. The model lays the tiles' patch features out as one canvas of
+``(n_rows * S, n_cols * S)`` patches, cuts off the rows or columns that only hold the
+canvas's padding (``unpad_image``) and appends an ``image_newline`` token to every row.
+
+So each image is two grids in the LLM sequence: ``"base"`` ``(S, S)``, then ``"highres"``
+``(rows, cols)`` whose positions skip the newline tokens. Both cover the whole image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from mmxai.plugins.llava import (
+    TINY_IMAGE_SIZE,
+    TINY_PATCH_SIZE,
+    TINY_TEXT,
+    Llava,
+    crop_box,
+    size_value,
+    split_runs,
+    stack_calls,
+    tiny_clip_config,
+    token_positions,
+)
+from PIL import Image
+
+from mmxai.errors import UnsupportedModelError
+from mmxai.hookspecs import hookimpl
+from mmxai.model import ImageGrid, Inputs
+from mmxai.tiny import random_model, train_tokenizer
+
+#: llava-hf's LLaVA-NeXT (Mistral) template: ``[INST] <image>\n{prompt} [/INST]``.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ part['text'] }}{% endfor %}{% endif %}{{ ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ part['text'] }}{% endfor %}{% endif %}{{ '</s> ' }}"
+    "{% endif %}{% endfor %}"
+)
+
+#: The real checkpoints' pinpoints scaled from 336-pixel to 56-pixel tiles.
+TINY_PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
+
+
+class LlavaNext(Llava):
+    """LLaVA-NeXT: per image a base ``(S, S)`` grid, then the unpadded high-res grid."""
+
+    name = "llava-next"
+    architectures = ("LlavaNextForConditionalGeneration",)
+    fixed_size = None  # any-resolution tiling: images keep their own size
+
+    def highres_layout(self, image_size: Sequence[int]) -> tuple[int, int, torch.Tensor]:
+        """The tile layout and the high-res grid of one image of ``image_size`` (H, W).
+
+        Returns ``(n_rows, n_cols, kept)``: the tiles form ``n_rows x n_cols``, and ``kept``
+        (rows, cols) holds, for each high-res grid cell, its index into the row-major
+        ``(n_rows * S, n_cols * S)`` canvas of tile patches, cut by the model's own
+        ``unpad_image``.
+        """
+        from transformers.models.llava_next.modeling_llava_next import (
+            get_anyres_image_grid_shape,
+            unpad_image,
+        )
+
+        config = self.hf.config
+        side = int(config.vision_config.image_size)
+        patches = side // int(config.vision_config.patch_size)
+        size = [int(s) for s in image_size]
+        n_rows, n_cols = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, side)
+        canvas = torch.arange(n_rows * patches * n_cols * patches)
+        kept = unpad_image(canvas.view(1, n_rows * patches, n_cols * patches), size)[0]
+        return int(n_rows), int(n_cols), kept
+
+    def base_box(self) -> tuple[float, float, float, float]:
+        """The base view's region: the image squashed to a square, then centre-cropped."""
+        ip = self.processor.image_processor
+        size = ip.size
+        side = size_value(size, "shortest_edge")
+        if side is None:
+            return crop_box(ip, size_value(size, "width"), size_value(size, "height"))
+        return crop_box(ip, side, side)
+
+    def image_grids(self, features: dict[str, Any],
+                    images: Sequence[Image.Image]) -> list[ImageGrid]:
+        """Per image: ``"base"`` (S, S) then ``"highres"`` (rows, cols), newlines skipped.
+
+        The high-res grid's box is the whole image: ``unpad_image`` cuts the canvas's padding
+        at patch granularity, so its edge is off by less than one patch.
+        """
+        if self.hf.config.vision_feature_select_strategy != "default":
+            raise UnsupportedModelError("LLaVA-NeXT packs features only with the 'default' "
+                                        "strategy (CLS dropped)")
+        rows, cols = self.patch_grid(features)
+        kept = [self.highres_layout(size)[2] for size in features["image_sizes"].tolist()]
+        counts = [rows * cols + k.shape[0] * (k.shape[1] + 1) for k in kept]
+        runs = split_runs(token_positions(features, self.image_token_id()), counts)
+        base_box = self.base_box()
+        grids = []
+        for i, (run, grid) in enumerate(zip(runs, kept, strict=True)):
+            grids.append(ImageGrid(image=i, positions=run[:rows * cols], shape=(rows, cols),
+                                   box=base_box, kind="base"))
+            lines = run[rows * cols:].reshape(grid.shape[0], grid.shape[1] + 1)
+            grids.append(ImageGrid(image=i, positions=lines[:, :-1].reshape(-1),
+                                   shape=(int(grid.shape[0]), int(grid.shape[1])),
+                                   kind="highres"))
+        return grids
+
+    def vision_tokens_to_grids(self, scores: Sequence[torch.Tensor],
+                               inputs: Inputs) -> torch.Tensor:
+        """(n_crops, 1 + S*S) per call, CLS first -> the flat map over base and high-res grids.
+
+        The tower sees, image after image, the base view then the tiles row-major (padding
+        tiles dropped). The base view's patches map one to one onto the base grid; the tiles'
+        patches are laid out as the model's canvas and cut as ``unpad_image`` cuts it, so
+        every high-res cell gets exactly the score of the patch whose feature it holds. The
+        newline tokens have no patch and no cell.
+        """
+        rows, cols = self.patch_grid(inputs.features)
+        patches = stack_calls(scores)[:, -rows * cols:]
+        out, start = [], 0
+        for size in inputs.features["image_sizes"].tolist():
+            n_rows, n_cols, kept = self.highres_layout(size)
+            tiles = patches[start + 1:start + 1 + n_rows * n_cols]
+            canvas = tiles.reshape(n_rows, n_cols, rows, cols).permute(0, 2, 1, 3)
+            out += [patches[start], canvas.reshape(-1)[kept.reshape(-1)]]
+            start += 1 + n_rows * n_cols
+        return torch.cat(out)
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> LlavaNext:
+        """Tiny LLaVA-NeXT: Mistral text (64 wide, 2 layers), CLIP tower, 56-pixel tiles."""
+        from transformers import (
+            LlavaNextConfig,
+            LlavaNextForConditionalGeneration,
+            LlavaNextProcessor,
+            MistralConfig,
+        )
+        from transformers.models.llava_next.image_processing_pil_llava_next import (
+            LlavaNextImageProcessorPil,
+        )
+
+        tokenizer = train_tokenizer(["<image>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]"],
+                                    bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                    chat_template=CHAT_TEMPLATE)
+        image_processor = LlavaNextImageProcessorPil(
+            size={"shortest_edge": TINY_IMAGE_SIZE},
+            crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+            image_grid_pinpoints=TINY_PINPOINTS,
+        )
+        processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                       patch_size=TINY_PATCH_SIZE,
+                                       vision_feature_select_strategy="default",
+                                       num_additional_image_tokens=1,
+                                       chat_template=CHAT_TEMPLATE)
+        config = LlavaNextConfig(
+            vision_config=tiny_clip_config(),
+            text_config=MistralConfig(vocab_size=len(tokenizer), **TINY_TEXT),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            image_grid_pinpoints=TINY_PINPOINTS, vision_feature_layer=-2,
+            vision_feature_select_strategy="default", pad_token_id=tokenizer.pad_token_id,
+        )
+        model = random_model(LlavaNextForConditionalGeneration, config, seed)
+        return cls(model, processor, model_id="tiny-llava-next")
+
+
+@hookimpl
+def register_models(register):
+    register(LlavaNext)
