@@ -180,12 +180,9 @@ class Qwen2VL(Model):
             vision_end_token_id=ids["<|vision_end|>"],
         )
         hf_model = random_model(getattr(transformers, cls.architectures[0]), config, seed)
-        generation = hf_model.generation_config
-        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            setattr(generation, key, text_config[key])
         # A trained model never writes vision placeholders; a random one would, and a
         # placeholder in the answer breaks teacher forcing (image features != image tokens).
-        generation.suppress_tokens = [ids[t] for t in VISION_TOKENS]
+        hf_model.generation_config.suppress_tokens = [ids[t] for t in VISION_TOKENS]
         # smart-resize to 4..32 LLM tokens (16..128 patches) per image
         image_processor = transformers.Qwen2VLImageProcessorPil(
             min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 32
