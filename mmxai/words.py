@@ -250,7 +250,7 @@ def group_tokens(pieces: Sequence[str], special: Sequence[bool] | None = None, *
             continue
         core = text.strip()
         if not core:
-            boundary = True
+            boundary = boundary or bool(text)  # whitespace separates, an empty piece does not
             continue
         if _is_punctuation(core) and not _joins(texts, special, i, boundary):
             words.append((core, [i]))
@@ -372,6 +372,8 @@ def _phrase_table(categories: Mapping[str, int], synonyms: Mapping[str, str] | N
         by_canon.setdefault(canon.get(terms, terms), int(label))
         if head_nouns and len(terms) > 1 and " ".join(terms) not in _COMPOUND_TERMS:
             add(terms[-1:], int(label), 2)
+    for target, label in by_canon.items():
+        add(target, label, 1)  # "couch" when the dataset calls it "sofa"
     for phrase, target in canon.items():
         if target in by_canon:
             add(phrase, by_canon[target], 1)
