@@ -25,6 +25,7 @@ from mmxai.errors import DuplicateNameError, UnknownNameError
 
 ENV_VAR = "MMXAI_PLUGINS"
 GROUP = "mmxai"
+BUILTIN_DISTRIBUTION = "mmxai"
 
 
 @dataclass
@@ -42,6 +43,11 @@ class PluginInfo:
     @property
     def broken(self) -> bool:
         return self.error is not None
+
+    @property
+    def key(self) -> str:
+        """Unique per plugin: two distributions may use the same entry-point name."""
+        return f"{self.distribution}:{self.name}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +84,13 @@ def _keys(kind: str, obj: Any) -> list[str]:
     return [name]
 
 
+def _load_order(ep: metadata.EntryPoint) -> tuple[bool, str, str]:
+    """mmxai's own entry points first, so a third-party plugin can never take a built-in's
+    name (it is the one recorded as clashing); then by distribution and entry-point name."""
+    dist = ep.dist.name if ep.dist else ""
+    return dist != BUILTIN_DISTRIBUTION, dist, ep.name
+
+
 class PluginManager:
     """Loads the ``mmxai`` entry points once and keeps one registry per kind."""
 
@@ -101,7 +114,7 @@ class PluginManager:
         eps = self._entry_points
         if eps is None:
             eps = metadata.entry_points(group=GROUP)
-        for ep in sorted(eps, key=lambda e: (e.dist.name if e.dist else "", e.name)):
+        for ep in sorted(eps, key=_load_order):
             dist_name = ep.dist.name if ep.dist else "?"
             if wanted is not None and ep.name not in wanted and dist_name not in wanted:
                 continue
@@ -114,7 +127,7 @@ class PluginManager:
             except Exception as exc:  # a broken plugin must not take the CLI down
                 info.error = f"import failed: {type(exc).__name__}: {exc}"
                 info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
-                self._plugins[info.name] = info
+                self._plugins[info.key] = info
                 continue
             self.add_plugin(module, info)
         return self
@@ -125,12 +138,12 @@ class PluginManager:
             name = getattr(module, "__name__", repr(module))
             info = PluginInfo(name=name, module=name, distribution="(in-process)")
         try:
-            self._pm.register(module, name=f"{info.distribution}:{info.name}")
+            self._pm.register(module, name=info.key)
         except Exception as exc:
             info.error = f"invalid hooks: {type(exc).__name__}: {exc}"
-            self._plugins[info.name] = info
+            self._plugins[info.key] = info
             return info
-        self._plugins[info.name] = info
+        self._plugins[info.key] = info
         for kind in hookspecs.KINDS:
             caller = getattr(self._pm.hook, f"register_{kind}")
             for impl in caller.get_hookimpls():

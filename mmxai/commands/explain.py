@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     pages = write_pages(explanations, heatmaps, images, args.out, title=f"mmxai: {args.model}")
     write_run(explanations, args)
     first = next(iter(explanations.values()))
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(f"[bold]answer:[/] {escape(repr(first.text))}")
     console.print(f"{len(first.tokens)} tokens x {len(explanations)} method(s) x "
                   f"{len(images)} image(s) -> {args.out}/; open {pages[0]}")

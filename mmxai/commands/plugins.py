@@ -6,6 +6,7 @@ import argparse
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmxai.hookspecs import KINDS
@@ -27,13 +28,17 @@ def run(args: argparse.Namespace) -> int:
     for p in plugins:
         registered = "\n".join(f"{kind}: {', '.join(p.registered[kind])}"
                                for kind in KINDS if p.registered.get(kind))
-        status = f"[red]broken: {p.error}[/]" if p.broken else "[green]ok[/]"
         table.add_row(p.name, p.distribution, p.version, p.license or "[yellow]unknown[/]",
-                      registered or "[dim]nothing[/]", status)
-    console = Console()
+                      registered or "[dim]nothing[/]",
+                      "[bold red]broken[/]" if p.broken else "[green]ok[/]")
+    # Errors are long: one unwrapped line each below the table, easy to copy or grep.
+    console = Console(soft_wrap=True)
     console.print(table)
-    broken = sum(p.broken for p in plugins)
-    console.print(f"{len(plugins)} plugins, {broken} broken"
-                  f"{'' if broken == 0 else ' (the rest work normally)'}. "
+    broken = [p for p in plugins if p.broken]
+    for p in broken:
+        console.print(f"[bold red]broken[/] {escape(p.name)} ({escape(p.distribution)}): "
+                      f"{escape(p.error or '')}")
+    console.print(f"{len(plugins)} plugins, {len(broken)} broken"
+                  f"{' (the rest work normally)' if broken else ''}. "
                   f"Set {ENV_VAR}=a,b to load only some.")
     return 0

@@ -2,7 +2,8 @@
 
 The folder loads back with ``mmxai explain DIR ...`` (``from_pretrained``, offline), so a
 fresh install can run the whole pipeline without the hub. A small demo photo is written
-next to the weights. Families come from the registry: the core names none.
+next to the weights, and the generation config asks for at least :data:`MIN_NEW_TOKENS`
+tokens. Families come from the registry: the core names none.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from mmxai.model import Model
 from mmxai.registry import manager
 
 DEMO_IMAGE = "demo.png"
+#: Random weights often pick end-of-turn first; the saved folder's generation config asks
+#: for at least this many tokens so a demo shows several maps.
+MIN_NEW_TOKENS = 4
 
 
 def _key(name: str) -> str:
@@ -42,13 +46,16 @@ def find_family(family: str) -> type[Model]:
 
 
 def save_tiny(family: str, folder: Path, seed: int = 0) -> Model:
-    """Build the tiny model of ``family`` and save weights, config and processor to folder."""
+    """Build the tiny model of ``family``; save weights, config, processor and
+    :data:`DEMO_IMAGE` to ``folder``."""
     adapter = find_family(family)
     model = adapter.tiny(seed=seed)
+    model.hf.generation_config.min_new_tokens = MIN_NEW_TOKENS
     folder.mkdir(parents=True, exist_ok=True)
     try:
         model.hf.save_pretrained(folder)
         model.processor.save_pretrained(folder)
+        save_demo_image(folder / DEMO_IMAGE)
     except OSError as exc:
         raise MMXAIError(f"cannot write the tiny model to {str(folder)!r}: {exc}") from exc
     return model
@@ -70,12 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    console = Console(soft_wrap=True)
     with console.status(f"building the tiny {args.family} model"):
         model = save_tiny(args.family, args.dir, seed=args.seed)
-        demo = save_demo_image(args.dir / DEMO_IMAGE)
     n_params = sum(p.numel() for p in model.hf.parameters())
     console.print(f"saved tiny [bold]{model.name}[/] ({type(model.hf).__name__}, "
                   f"{n_params:,} random parameters) to {args.dir}")
-    console.print(f"try: mmxai explain {args.dir} {demo}")
+    console.print(f"try: mmxai explain {args.dir} {args.dir / DEMO_IMAGE}")
     return 0

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random-weight models, built once per test session.
+
+Fixtures (all offline, CPU):
+
+- ``tiny_families`` (session): ``{adapter name: adapter class}`` for every registered model
+  adapter with a ``tiny()`` builder, sorted by name (``mmxai.commands.tiny.families``).
+- ``tiny_model`` (session): a factory, ``tiny_model(family) -> Model``; the in-memory tiny
+  model of a family (adapter name or HF architecture), built on first use and then shared.
+  Treat it as read-only: it is the same object in every test that asks for that family.
+- ``tiny_dir`` (session): a factory, ``tiny_dir(family) -> Path``; a folder holding the
+  family's tiny model exactly as ``mmxai tiny FAMILY DIR`` saves it (weights, config,
+  processor, ``demo.png``, a generation config asking for at least 4 tokens), built once.
+  Load it with ``mmxai.model.load_model(str(path))``; do not write into it.
+- ``demo_image`` (session): path of a 256x256 PNG photo (scikit-image's astronaut).
+
+Parametrisation: a test that takes an argument named ``tiny_family`` runs once per family in
+``tiny_families`` (ids are the adapter names), so a new adapter with a tiny builder is
+covered by such tests without editing them. With no such adapter registered the test runs
+once with ``"<none>"`` and fails when it asks for the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mmxai.commands.tiny import families as _families
+from mmxai.commands.tiny import find_family, save_demo_image, save_tiny
+from mmxai.model import Model
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "tiny_family" in metafunc.fixturenames:
+        names = list(_families()) or ["<none>"]
+        metafunc.parametrize("tiny_family", names, ids=names)
+
+
+@pytest.fixture(scope="session")
+def tiny_families() -> dict[str, type[Model]]:
+    return _families()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[[str], Model]:
+    built: dict[type[Model], Model] = {}
+
+    def get(family: str) -> Model:
+        adapter = find_family(family)
+        if adapter not in built:
+            built[adapter] = adapter.tiny(seed=0)
+        return built[adapter]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    saved: dict[type[Model], Path] = {}
+
+    def get(family: str) -> Path:
+        adapter = find_family(family)
+        if adapter not in saved:
+            folder = tmp_path_factory.mktemp(f"tiny-{adapter.name or 'model'}")
+            save_tiny(family, folder, seed=0)
+            saved[adapter] = folder
+        return saved[adapter]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def demo_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_demo_image(tmp_path_factory.mktemp("images") / "demo.png")
