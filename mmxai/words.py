@@ -18,6 +18,7 @@ reference's grouping and its last-match-wins, part-of-a-name category matching.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -358,15 +359,21 @@ def _category_terms(name: str) -> tuple[str, ...]:
 def _phrase_table(categories: Mapping[str, int], synonyms: Mapping[str, str] | None,
                   head_nouns: bool) -> dict[tuple[str, ...], int]:
     """Caption phrase (terms) -> label; names beat synonyms beat head nouns, first name wins."""
+    return _cached_table(tuple(categories.items()), tuple((synonyms or {}).items()), head_nouns)
+
+
+@functools.lru_cache(maxsize=64)  # a dataset has one table (COCO) or a few per image
+def _cached_table(categories: tuple[tuple[str, int], ...], synonyms: tuple[tuple[str, str], ...],
+                  head_nouns: bool) -> dict[tuple[str, ...], int]:
     ranked: dict[tuple[str, ...], tuple[int, int]] = {}
 
     def add(terms: tuple[str, ...], label: int, rank: int) -> None:
         if terms and (terms not in ranked or ranked[terms][0] > rank):
             ranked[terms] = (rank, label)
 
-    canon = {tuple(_terms(k)): _terms(v) for k, v in (synonyms or {}).items()}
+    canon = {_terms(k): _terms(v) for k, v in synonyms}
     by_canon: dict[tuple[str, ...], int] = {}
-    for name, label in categories.items():
+    for name, label in categories:
         terms = _category_terms(name)
         add(terms, int(label), 0)
         by_canon.setdefault(canon.get(terms, terms), int(label))
