@@ -1,0 +1,91 @@
+"""Teacher-forced passes with gradients: the part Grad-CAM and LRP share.
+
+Both replay the traced answer in one forward pass with autograd on, turn one tensor of the
+model into a leaf (a vision layer's output for Grad-CAM, the first decoder layer's input for
+LRP), and take one backward per explained token from that token's logit at its generating
+position. Making the tensor a leaf stops every backward there: nothing below it is
+differentiated, and no parameter gradient is ever accumulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from mmxai.trace import Trace, forced_features
+
+
+def _as_leaf(value: torch.Tensor) -> torch.Tensor:
+    return value.detach().requires_grad_(True)
+
+
+@contextmanager
+def leaf_outputs(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Replace ``module``'s output (the first element of a tuple) by a leaf on every call.
+
+    Yields the list the leaves are appended to, one per call, in call order.
+    """
+    leaves: list[torch.Tensor] = []
+
+    def hook(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            leaves.append(_as_leaf(output[0]))
+            return (leaves[-1], *output[1:])
+        leaves.append(_as_leaf(output))
+        return leaves[-1]
+
+    # first in line: transformers' own output-capturing hooks (hidden_states) must see the leaf
+    handle = module.register_forward_hook(hook, prepend=True)
+    try:
+        yield leaves
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def leaf_inputs(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Replace ``module``'s first input (``hidden_states``) by a leaf on every call."""
+    leaves: list[torch.Tensor] = []
+
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            leaves.append(_as_leaf(args[0]))
+            return (leaves[-1], *args[1:]), kwargs
+        leaves.append(_as_leaf(kwargs["hidden_states"]))
+        return args, {**kwargs, "hidden_states": leaves[-1]}
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
+    try:
+        yield leaves
+    finally:
+        handle.remove()
+
+
+def token_logits(trace: Trace, tokens: Sequence[int]) -> torch.Tensor:
+    """Logits of generated tokens ``tokens`` at their generating positions: (n_tokens,).
+
+    One teacher-forced forward pass over the traced sequence, with autograd on; only the
+    generating positions are projected onto the vocabulary.
+    """
+    features = forced_features(trace.inputs, trace.sequence[:-1])
+    positions = torch.tensor([trace.generating_position(int(j)) for j in tokens],
+                             dtype=torch.long)
+    ids = trace.sequence[positions + 1]
+    device = trace.model.device
+    with torch.enable_grad():
+        out = trace.model.hf(**features, use_cache=False, logits_to_keep=positions.to(device))
+        logits = out.logits[0].float()  # (n_tokens, V)
+        return logits[torch.arange(len(positions), device=logits.device), ids.to(logits.device)]
+
+
+def per_token_gradients(logits: torch.Tensor,
+                        leaves: Sequence[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """For each logit, its gradients with respect to ``leaves`` (zeros where unused)."""
+    for i in range(logits.shape[0]):
+        grads = torch.autograd.grad(logits[i], list(leaves), retain_graph=i + 1 < len(logits),
+                                    allow_unused=True)
+        yield [torch.zeros_like(leaf) if g is None else g
+               for leaf, g in zip(leaves, grads, strict=True)]
