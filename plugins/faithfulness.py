@@ -1,1 +1,229 @@
-"""Placeholder: filled in by its issue."""
+"""Faithfulness metrics: deletion and insertion (Petsiuk et al. 2018), teacher-forced.
+
+For one explained token j of a generated answer, rank the image's pixels by the token's map
+(painted into the image frame with :func:`mmxai.maps.to_image`), then in ``steps`` equal
+steps replace the top-ranked pixels by a baseline image (deletion) or reveal them on top of
+the baseline (insertion). At every step the same prompt and the same generated prefix are
+teacher-forced, and the probability of token j at its generating position is read. The
+score is the area under that curve (trapezoid rule, x from 0 to 1): deletion wants it low
+(the map found what the token needed), insertion wants it high.
+
+The plan per sample, shared by every method and both metrics:
+
+- the end points (original image, full baseline) are one teacher-forced pass each over the
+  whole answer, cached on the trace: every token's probability comes out of it;
+- each intermediate step is one pass truncated after token j's generating position; the
+  ``steps - 1`` masked images of one token go through the model as one batch (``batch``
+  images per pass; a family whose inputs do not stack is run image by image);
+- explained tokens: the tokens of the answer's nouns (``mmxai.words``), else every
+  generated token but special ones, at most ``max_tokens`` (the same tokens for every method,
+  so methods stay paired).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from mmxai.errors import InputError, MMXAIError
+from mmxai.hookspecs import hookimpl
+from mmxai.maps import to_image
+from mmxai.metric import EvalItem, Metric, Parts
+from mmxai.model import Inputs, Model
+from mmxai.trace import Trace, forced_features, forced_trace
+
+CITATION = """@inproceedings{petsiuk2018rise,
+  title     = {{RISE}: Randomized Input Sampling for Explanation of Black-box Models},
+  author    = {Petsiuk, Vitali and Das, Abir and Saenko, Kate},
+  booktitle = {British Machine Vision Conference (BMVC)},
+  year      = {2018}
+}"""
+
+
+@dataclass
+class PerturbationOptions:
+    steps: int = 8  # the curve has steps + 1 points, from 0% to 100% of the pixels
+    baseline: str = ""  # "blur", "mean" or "black"; empty: the metric's default
+    max_tokens: int = 4  # explained tokens per sample
+    batch: int = 8  # masked images per forward pass
+
+
+def auc(curve: np.ndarray) -> float:
+    """Area under a curve sampled at equal steps on [0, 1] (trapezoid rule)."""
+    curve = np.asarray(curve, dtype=np.float64)
+    if curve.size < 2:
+        raise ValueError("a curve needs at least two points")
+    return float((curve[:-1] + curve[1:]).sum() / (2 * (curve.size - 1)))
+
+
+def baseline_image(image: Image.Image, kind: str) -> Image.Image:
+    """What replaces removed pixels: a strong blur, the mean colour, or black."""
+    if kind == "blur":
+        return image.filter(ImageFilter.GaussianBlur(radius=max(image.size) / 20))
+    if kind == "mean":
+        mean = np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+        return Image.new("RGB", image.size, tuple(int(round(c)) for c in mean))
+    if kind == "black":
+        return Image.new("RGB", image.size)
+    raise MMXAIError(f"baseline must be 'blur', 'mean' or 'black', got {kind!r}")
+
+
+def pixel_ranks(image_map: np.ndarray) -> np.ndarray:
+    """(H, W) map -> (H, W) rank of each pixel, 0 for the most relevant.
+
+    Ties (a constant map, a region outside every grid) are broken by a fixed random order,
+    the same for every method, so a map without information deletes no particular region.
+    """
+    flat = np.asarray(image_map, dtype=np.float64).ravel()
+    tiebreak = np.random.default_rng(0).permutation(flat.size)
+    order = np.lexsort((tiebreak, -flat))
+    ranks = np.empty(flat.size, dtype=np.int64)
+    ranks[order] = np.arange(flat.size)
+    return ranks.reshape(np.shape(image_map))
+
+
+def perturbed_images(image: Image.Image, baseline: Image.Image, ranks: np.ndarray,
+                     fractions: np.ndarray, deletion: bool) -> list[Image.Image]:
+    """The image with the top ``fraction`` of pixels replaced (deletion) or revealed
+    (insertion) against the baseline, one image per fraction."""
+    original = np.asarray(image.convert("RGB"))
+    base = np.asarray(baseline.convert("RGB"))
+    out = []
+    for fraction in fractions:
+        chosen = (ranks < round(float(fraction) * ranks.size))[..., None]
+        pixels = np.where(chosen, base, original) if deletion else np.where(chosen, original, base)
+        out.append(Image.fromarray(pixels.astype(np.uint8)))
+    return out
+
+
+def answer_probabilities(trace: Trace, baseline: str | None) -> np.ndarray:
+    """(G,) probability of every generated token, teacher-forced on the traced image
+    (``baseline`` None) or on its baseline image. Cached on the trace, so methods and
+    metrics share it."""
+    key = ("perturbation", "answer", baseline)
+    if key not in trace.cache:
+        model, inputs = trace.model, trace.inputs
+        if baseline is not None:
+            inputs = model.build_inputs([baseline_image(inputs.images[0], baseline)],
+                                        inputs.prompt)
+        forced = forced_trace(model, inputs, trace.generated_ids)
+        ids = forced.generated_ids.tolist()
+        positions = [forced.generating_position(j) for j in range(len(ids))]
+        logits = forced.logits(ids, positions).diagonal().cpu()
+        log_z = forced.logsumexp.detach().cpu()  # computed outside no_grad by the core
+        trace.cache[key] = torch.exp(logits - log_z).numpy()
+    return trace.cache[key]
+
+
+def _stack(features: list[dict[str, Any]]) -> dict[str, Any]:
+    """Processor outputs of several images -> one batch (every tensor along dim 0)."""
+    return {key: torch.cat([f[key] for f in features], dim=0) if torch.is_tensor(value)
+            else value for key, value in features[0].items()}
+
+
+def token_probabilities(model: Model, variants: list[Inputs], prefix: torch.Tensor,
+                        token: int, batch: int) -> np.ndarray:
+    """(len(variants),) probability of ``token`` after ``prefix`` under each input variant.
+
+    ``prefix`` ends at the token's generating position, so only the last position's logits
+    are computed. Variants go through the model ``batch`` at a time when their features
+    stack; else one by one.
+    """
+    features = [forced_features(v, prefix) for v in variants]
+    chunks = [features[i:i + batch] for i in range(0, len(features), max(1, batch))]
+    out = []
+    for chunk in chunks:
+        try:
+            out.append(_last_log_probs(model, _stack(chunk), token))
+        except (RuntimeError, ValueError, IndexError):  # inputs that do not stack
+            out.extend(_last_log_probs(model, f, token) for f in chunk)
+    return np.exp(np.concatenate([np.atleast_1d(o) for o in out]))
+
+
+def _last_log_probs(model: Model, features: dict[str, Any], token: int) -> np.ndarray:
+    with torch.no_grad():
+        logits = model.hf(**features, use_cache=False, logits_to_keep=1).logits[:, -1]
+    return logits.float().log_softmax(dim=-1)[:, token].cpu().numpy()
+
+
+def explained_tokens(item: EvalItem, limit: int) -> list[int]:
+    """Nouns' tokens if the answer has any, else all but special tokens; at most ``limit``."""
+    nouns = [t for w in item.words if getattr(w, "kind", None) == "noun" for t in w.tokens]
+    if not nouns:
+        special = set(item.model.tokenizer.all_special_ids)
+        nouns = [j for j, t in enumerate(item.trace.generated_ids.tolist()) if t not in special]
+    return sorted(set(nouns))[:limit]
+
+
+class _Perturbation(Metric):
+    category: ClassVar[str] = "faithfulness"
+    citation: ClassVar[str] = CITATION
+    Options: ClassVar[type] = PerturbationOptions
+    deletion: ClassVar[bool] = True
+    default_baseline: ClassVar[str] = "mean"
+
+    def __init__(self, **options: Any) -> None:
+        names = {f.name for f in fields(self.Options)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise MMXAIError(f"metric {self.name!r} has no option(s) {', '.join(unknown)}; "
+                             f"options: {', '.join(sorted(names))}")
+        self.options = self.Options(**options)
+        if self.options.steps < 2:
+            raise MMXAIError(f"metric {self.name!r}: steps must be at least 2")
+        baseline_image(Image.new("RGB", (1, 1)), self.baseline)  # validate the name early
+
+    @property
+    def baseline(self) -> str:
+        return self.options.baseline or self.default_baseline
+
+    def measure(self, item: EvalItem) -> Parts:
+        trace = item.trace
+        if len(trace.inputs.images) != 1:
+            raise InputError(f"{self.name}: needs exactly one image, got "
+                             f"{len(trace.inputs.images)}")
+        image = trace.inputs.images[0]
+        baseline = baseline_image(image, self.baseline)
+        original = answer_probabilities(trace, None)
+        blank = answer_probabilities(trace, self.baseline)
+        start, end = (original, blank) if self.deletion else (blank, original)
+        steps = self.options.steps
+        fractions = np.arange(1, steps) / steps
+        width, height = image.size
+        ids = trace.generated_ids.tolist()
+        values = []
+        for j in explained_tokens(item, self.options.max_tokens):
+            ranks = pixel_ranks(to_image(item.maps[j], trace.grids, 0, (height, width)))
+            images = perturbed_images(image, baseline, ranks, fractions, self.deletion)
+            variants = [item.model.build_inputs([im], trace.inputs.prompt) for im in images]
+            prefix = trace.sequence[:trace.generating_position(j) + 1]
+            middle = token_probabilities(item.model, variants, prefix, ids[j],
+                                         self.options.batch)
+            values.append(auc(np.concatenate([[start[j]], middle, [end[j]]])))
+        return {"value": values}
+
+
+class Deletion(_Perturbation):
+    name = "deletion"
+    summary = "area under the token's probability as its most relevant pixels are removed"
+    higher_is_better = False
+    deletion = True
+    default_baseline = "mean"
+
+
+class Insertion(_Perturbation):
+    name = "insertion"
+    summary = "area under the token's probability as its most relevant pixels are revealed"
+    higher_is_better = True
+    deletion = False
+    default_baseline = "blur"
+
+
+@hookimpl
+def register_metrics(register):
+    register(Deletion)
+    register(Insertion)

@@ -20,7 +20,7 @@ import torch
 from mmxai.plugins.llava import size_value, stack_calls, token_positions
 from PIL import Image
 
-from mmxai.errors import UnsupportedModelError
+from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
 from mmxai.tiny import random_model, train_tokenizer
@@ -80,7 +80,7 @@ def tile_layout(image_processor: Any, width: int, height: int,
         int(image_processor.min_patches), int(image_processor.max_patches),
     )
     if n_cols * n_rows + 1 != n_tiles:
-        raise UnsupportedModelError(
+        raise InputError(
             f"{n_tiles} tiles for a {width}x{height} image, expected {n_cols}x{n_rows} + thumbnail"
         )
     tiles = [((c / n_cols, r / n_rows, (c + 1) / n_cols, (r + 1) / n_rows), "tile")
@@ -126,7 +126,7 @@ class InternVL(Model):
         runs = np.split(positions, np.flatnonzero(np.diff(positions) > 1) + 1)
         runs = [run for run in runs if len(run)]
         if len(runs) != len(images):
-            raise UnsupportedModelError(f"{len(runs)} runs of image tokens for {len(images)} "
+            raise InputError(f"{len(runs)} runs of image tokens for {len(images)} "
                                         "images")
         rows, cols = self.tile_grid()
         per_tile = rows * cols
@@ -134,7 +134,7 @@ class InternVL(Model):
         for i, (run, image) in enumerate(zip(runs, images, strict=True)):
             n_tiles, rest = divmod(len(run), per_tile)
             if rest:
-                raise UnsupportedModelError(f"image {i}: {len(run)} tokens is not a whole number "
+                raise InputError(f"image {i}: {len(run)} tokens is not a whole number "
                                             f"of {rows}x{cols} tiles")
             layout = tile_layout(self.processor.image_processor, *image.size, n_tiles)
             grids += [ImageGrid(image=i, positions=run[k * per_tile:(k + 1) * per_tile],

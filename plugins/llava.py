@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmxai.errors import UnsupportedModelError
+from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
 from mmxai.tiny import random_model, train_tokenizer
@@ -97,7 +97,7 @@ def crop_box(image_processor: Any, width: int, height: int,
 def split_runs(positions: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
     """Cut the image-token positions into consecutive per-image runs of ``counts`` tokens."""
     if sum(counts) != len(positions):
-        raise UnsupportedModelError(
+        raise InputError(
             f"{len(positions)} image tokens in the prompt, but the images need {sum(counts)}"
         )
     return np.split(positions, np.cumsum(counts)[:-1])
@@ -147,8 +147,8 @@ class Llava(Model):
             return []
         per_image, rest = divmod(len(positions), len(images))
         rows, cols = self.patch_grid(features)
-        if rest or per_image < rows * cols:
-            raise UnsupportedModelError(
+        if rest or per_image - rows * cols not in (0, 1):
+            raise InputError(
                 f"{len(positions)} image tokens do not split into {len(images)} grids of "
                 f"{rows}x{cols}"
             )
