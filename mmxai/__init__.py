@@ -1,3 +1,64 @@
-"""mmxai: explain what a multimodal LLM looked at for each generated token."""
+"""mmxai: explain what a multimodal LLM looked at for each generated token.
+
+The public API, flat like ``captum.attr``::
+
+    import mmxai
+    model = mmxai.load_model("Qwen/Qwen2-VL-2B-Instruct")
+    results = mmxai.explain_many(model, "cat.jpg", "Describe the image.", ["tam"])
+    results["tam"].image_map(0)  # (H, W) map of the first generated token
+
+Names are imported on first use (PEP 562), so ``import mmxai`` and ``mmxai --help`` stay
+fast and do not load torch. The one-method shortcut is ``mmxai.explain.explain``: a
+top-level ``mmxai.explain`` function would be replaced by the ``mmxai.explain`` submodule
+as soon as anything imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "explain_many": "mmxai.explain",
+    "Explanation": "mmxai.explain",
+    "load_image": "mmxai.explain",
+    "load_model": "mmxai.model",
+    "wrap": "mmxai.model",
+    "Model": "mmxai.model",
+    "ImageGrid": "mmxai.model",
+    "Inputs": "mmxai.model",
+    "Method": "mmxai.method",
+    "Needs": "mmxai.trace",
+    "Trace": "mmxai.trace",
+    "generate_trace": "mmxai.trace",
+    "forced_trace": "mmxai.trace",
+    "Metric": "mmxai.metric",
+    "Dataset": "mmxai.dataset",
+    "Sample": "mmxai.dataset",
+    "manager": "mmxai.registry",
+    "hookimpl": "mmxai.hookspecs",
+    "overlay": "mmxai.render",
+    "MMXAIError": "mmxai.errors",
+    "InputError": "mmxai.errors",
+    "UnknownNameError": "mmxai.errors",
+    "UnsupportedModelError": "mmxai.errors",
+    "DuplicateNameError": "mmxai.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmxai' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -171,3 +171,12 @@ def test_usage_errors_exit_with_2(capsys):
     assert cli.main(["explain"]) == 2  # missing MODEL and IMAGE
     assert cli.main(["--version"]) == 0
     assert "mmxai" in capsys.readouterr().out
+
+
+def test_every_public_name_resolves():
+    import mmxai
+
+    for name in mmxai.__all__:
+        assert getattr(mmxai, name) is not None, name
+    with pytest.raises(AttributeError):
+        _ = mmxai.no_such_name
