@@ -192,7 +192,7 @@ class WordOptions:
     numbers: bool = False  # count numbers (CD) as function words
     auxiliaries: bool = True  # count be/have/do forms as function words
     synonyms: Mapping[str, str] | None = None  # phrase -> canonical name; None: SYNONYMS
-    common_nouns: frozenset[str] | None = None  # None: COMMON_NOUNS
+    common_nouns: tuple[str, ...] | None = None  # None: COMMON_NOUNS
     head_nouns: bool = True  # a non-compound multi-word name also matches its last word
 
     def function_words(self) -> frozenset[str]:
@@ -208,8 +208,10 @@ class WordOptions:
 
 # -- grouping ----------------------------------------------------------------------------------
 def _is_punctuation(text: str) -> bool:
+    # U+FFFD is half of a character split over byte-level tokens: part of a word
     return bool(text) and all(
-        ch in string.punctuation or unicodedata.category(ch)[0] in "PS" for ch in text)
+        ch in string.punctuation or (unicodedata.category(ch)[0] in "PS" and ch != "\ufffd")
+        for ch in text)
 
 
 def _has_cjk(text: str) -> bool:
@@ -435,7 +437,8 @@ def label_words(groups: Sequence[tuple[str, list[int]]], categories: Mapping[str
     """
     options = options or WordOptions()
     function_words = options.function_words()
-    common = options.common_nouns if options.common_nouns is not None else COMMON_NOUNS
+    common = (frozenset(options.common_nouns) if options.common_nouns is not None
+              else COMMON_NOUNS)
     keys = [_key(text) for text, _ in groups]
     is_function = [k in function_words for k in keys]
 

@@ -78,6 +78,11 @@ def test_newlines_separate_words_except_in_reference_mode():
     assert texts(group_tokens(pieces, reference_compatible=True)) == ["cat", ".\n\nThe", "dog"]
 
 
+def test_split_multibyte_characters_stay_in_their_word():
+    # byte-level BPE splits "é" over two tokens that each decode to U+FFFD
+    assert texts(group_tokens([" caf", "\ufffd", "\ufffd", " is"])) == ["caf\ufffd\ufffd", "is"]
+
+
 def test_cjk_characters_are_words():
     assert texts(group_tokens(["一", "只", "狗", "Ġdog"])) == ["一", "只", "狗", "dog"]
 
@@ -162,6 +167,9 @@ def test_common_nouns_are_nouns_without_label():
     words = by_text(labelled("a dog on the grass near a street"))
     assert words["grass"] == ("noun", None) and words["street"] == ("noun", None)
     assert words["near"] == ("other", None)
+    custom = by_text(labelled("a dog on the grass near a kiosk",
+                              options=WordOptions(common_nouns=("kiosk",))))
+    assert custom["kiosk"] == ("noun", None) and custom["grass"] == ("other", None)
 
 
 def test_word_labels_override_category_matching():
