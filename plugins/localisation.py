@@ -57,10 +57,10 @@ def quantise(maps: np.ndarray) -> np.ndarray:
     over the whole sample first, which keeps the tokens comparable with each other (Func-IoU
     compares function-word maps with noun thresholds).
     """
-    maps = np.asarray(maps, dtype=np.float32)
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0)  # NaN: no evidence
     if maps.size and not (maps.min() >= 0.0 and maps.max() <= 1.0):
         maps = minmax(maps)
-    return np.floor(255.0 * np.clip(np.nan_to_num(maps), 0.0, 1.0)).astype(np.uint8)
+    return np.floor(255.0 * np.clip(maps, 0.0, 1.0)).astype(np.uint8)
 
 
 def otsu(image: np.ndarray, reference_compatible: bool = False) -> float:

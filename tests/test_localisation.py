@@ -49,6 +49,7 @@ def test_quantise_is_floor_255_and_rescales_other_ranges():
     assert quantise(np.array([[0.0, 0.2, 0.999, 1.0]])).tolist() == [[0, 51, 254, 255]]
     # out of [0, 1]: min-max over the whole sample, then floor(255 x)
     assert quantise(np.array([[-1.0, 0.0], [1.0, 3.0]])).tolist() == [[0, 63], [127, 255]]
+    assert quantise(np.array([[np.nan, 0.5, 1.0]])).tolist() == [[0, 127, 255]]
 
 
 def test_otsu_on_a_two_level_map_separates_the_levels():
