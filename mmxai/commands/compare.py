@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
@@ -23,8 +22,16 @@ from mmxai.commands.explain import parse_options
 from mmxai.commands.tiny import find_family
 from mmxai.dataset import Dataset
 from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
-from mmxai.evaluation import Evaluator, NamedMetric, ResultStore, Shard, print_table, write_all
-from mmxai.evaluation.leaderboard import leaderboard
+from mmxai.evaluation import (
+    Evaluator,
+    NamedMetric,
+    ResultStore,
+    Shard,
+    Summary,
+    leaderboard,
+    print_table,
+    write_all,
+)
 from mmxai.explain import make_method
 from mmxai.model import Model, load_model
 from mmxai.registry import manager
@@ -49,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results folder (default: mmxai-results)")
     parser.add_argument("--limit", type=int, metavar="N", help="the first N samples only")
     parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    parser.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
+                        help="no EOS before N tokens (tiny random models stop at once)")
     parser.add_argument("--device", default="auto",
                         help="torch device; auto: cuda (cuda:LOCAL_RANK under torchrun) if "
                              "available, else cpu")
@@ -144,13 +153,14 @@ def run(args: argparse.Namespace) -> int:
     store_path = args.out / shard.store_name()
     with ResultStore(store_path) as store:
         evaluator = Evaluator(dataset, method_objs, metric_objs, store,
-                              max_new_tokens=args.max_new_tokens, limit=args.limit,
+                              max_new_tokens=args.max_new_tokens,
+                              min_new_tokens=args.min_new_tokens, limit=args.limit,
                               shard=shard, seed=args.seed, progress=not args.no_progress)
         for spec in models:
             with console.status(f"loading {spec}"):
                 model = open_model(spec, device, _dtype(args.dtype), args.trust_remote_code)
             summary = evaluator.run(model, model_label(spec))
-            console.print(_summary_line(summary.__dict__, shard))
+            console.print(_summary_line(summary, shard))
             del model
     if shard.count > 1:
         console.print(f"shard {shard.label} stored in {store_path}; when every shard is done: "
@@ -163,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary_line(summary: dict[str, Any], shard: Shard) -> str:
+def _summary_line(summary: Summary, shard: Shard) -> str:
     where = f" (shard {shard.label})" if shard.count > 1 else ""
-    return (f"{summary['model']}{where}: {summary['samples']} samples, "
-            f"{summary['evaluated']} evaluated now, {summary['resumed']} already stored, "
-            f"{len(summary['failures'])} failed")
+    return (f"{summary.model}{where}: {summary.samples} samples, {summary.evaluated} "
+            f"evaluated now, {summary.resumed} already stored, "
+            f"{len(summary.failed_samples)} failed ({len(summary.failures)} results)")

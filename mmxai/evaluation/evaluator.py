@@ -1,0 +1,368 @@
+"""The evaluator: methods x metrics over a dataset, for one model at a time, into a store.
+
+Per sample, whatever the number of methods:
+
+1. load the image (and, for metrics that need one, the mask) through :mod:`mmxai.dataset`;
+2. build the inputs and run ONE :func:`~mmxai.trace.generate_trace` with the union of the
+   methods' and metrics' needs;
+3. group the generated tokens into labelled words (:func:`mmxai.words.words_from_trace`);
+4. run every method's ``explain`` on the shared trace for all generated tokens, measuring its
+   seconds per token and peak memory (``EvalItem.cost``);
+5. run every metric's ``measure`` on the method's :class:`~mmxai.metric.EvalItem`.
+
+Extra passes (gradients, masked images, a randomised model) belong to the methods and
+metrics; what several of them share is cached on ``trace.cache`` for the sample.
+Generation is per sample (one sequence at a time); methods explain all tokens of a sample
+in one call, and the deletion/insertion metrics batch their masked images.
+
+Anything that goes wrong with one sample (an unreadable image, a missing or wrong-size
+mask, a method or metric that raises, maps of the wrong shape) becomes a ``failed`` row
+naming the sample and the cause, the run goes on, and the summary counts it. All rows of a
+sample are written in one transaction, so a killed run loses at most the sample in flight,
+and a rerun skips every (sample, method, metric) already stored.
+
+Random state is reseeded from (seed, sample index, method or metric name) before each
+step, so a sample's results do not depend on which shard ran it, on what ran before it, or
+on a resumption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from mmxai.dataset import Dataset, Sample, load_image, load_mask
+from mmxai.errors import MMXAIError
+from mmxai.evaluation import provenance
+from mmxai.evaluation.profiling import measure
+from mmxai.evaluation.store import ResultStore, Row, RunKey
+from mmxai.method import Method
+from mmxai.metric import EvalItem, Metric, Parts
+from mmxai.model import Model
+from mmxai.trace import Needs, Trace, generate_trace
+from mmxai.words import WordOptions, words_from_trace
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the samples whose dataset index is ``index`` mod ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise MMXAIError(f"shard {self.index}/{self.count}: need 0 <= i < n")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/n"`` (0-based i)."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise MMXAIError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+        return cls(index, count)
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        """From ``RANK`` and ``WORLD_SIZE`` as torchrun and accelerate set them; else 0/1."""
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None:
+            return cls()
+        return cls(int(rank), int(world))
+
+    def selects(self, index: int) -> bool:
+        return index % self.count == self.index
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def store_name(self) -> str:
+        if self.count == 1:
+            return "results.sqlite"
+        return f"results-shard{self.index}-of{self.count}.sqlite"
+
+
+@dataclass
+class NamedMetric:
+    """A metric instance and the column it is stored under (its name, plus its options)."""
+
+    label: str
+    metric: Metric
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, metric_cls: type[Metric], options: dict[str, Any] | None = None) -> NamedMetric:
+        options = dict(options or {})
+        metric = metric_cls(**options) if options else metric_cls()
+        label = metric_cls.name
+        if options:
+            label += "[" + ",".join(f"{k}={options[k]}" for k in sorted(options)) + "]"
+        return cls(label, metric, options)
+
+
+@dataclass
+class Summary:
+    """What one model's run did."""
+
+    model: str
+    samples: int = 0  # samples of this shard
+    evaluated: int = 0  # samples computed now
+    resumed: int = 0  # samples entirely found in the store
+    failures: list[str] = field(default_factory=list)  # one line per failed row
+    failed_samples: set[str] = field(default_factory=set)
+
+
+def _seed(seed: int, index: int, name: str) -> None:
+    """Reseed every generator from (seed, sample index, step name)."""
+    digest = hashlib.sha256(f"{seed}:{index}:{name}".encode()).digest()
+    value = int.from_bytes(digest[:4], "little")
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def _cause(exc: BaseException) -> str:
+    """One line: our own errors as they read, others with their type."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MMXAIError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _failure(sid: str, cause: str) -> str:
+    """``sample <id>: <cause>``, without naming the sample twice."""
+    return cause if cause.startswith(f"sample {sid}:") else f"sample {sid}: {cause}"
+
+
+def _check_maps(maps: np.ndarray, trace: Trace) -> None:
+    expected = (trace.n_generated, len(trace.image_positions))
+    if maps.shape != expected:
+        raise MMXAIError(f"maps of shape {maps.shape}, expected (tokens, image tokens) = "
+                         f"{expected}")
+    bad = np.flatnonzero(~np.isfinite(maps).all(axis=1))
+    if bad.size:
+        raise MMXAIError(f"non-finite map for generated token(s) {bad[:5].tolist()}")
+
+
+def _check_parts(parts: Any) -> Parts:
+    if not isinstance(parts, dict):
+        raise MMXAIError(f"measure returned {type(parts).__name__}, expected {{name: [values]}}")
+    return {str(k): [float(v) for v in values] for k, values in parts.items()}
+
+
+class Evaluator:
+    """Runs ``methods`` x ``metrics`` on ``dataset`` and appends the results to ``store``.
+
+    ``limit`` keeps the first samples of the dataset (before sharding); ``shard`` keeps every
+    ``count``-th of those. ``min_new_tokens`` stops EOS until that many tokens were generated
+    (tiny random models answer EOS at once). ``word_options`` go to
+    :func:`mmxai.words.words_from_trace`.
+    """
+
+    def __init__(self, dataset: Dataset, methods: Sequence[Method],
+                 metrics: Sequence[NamedMetric], store: ResultStore, *,
+                 max_new_tokens: int = 32, min_new_tokens: int = 0,
+                 limit: int | None = None, shard: Shard = Shard(),
+                 seed: int = 0, word_options: WordOptions | None = None,
+                 console: Console | None = None, progress: bool = True) -> None:
+        if not methods:
+            raise MMXAIError("no method to evaluate")
+        if not metrics:
+            raise MMXAIError("no metric to evaluate")
+        names = [m.name for m in methods]
+        if len(set(names)) != len(names):
+            raise MMXAIError(f"a method is listed twice: {', '.join(names)}")
+        self.dataset = dataset
+        self.methods = list(methods)
+        self.metrics = {m.label: m for m in metrics}
+        self.store = store
+        self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
+        self.limit = limit
+        self.shard = shard
+        self.seed = seed
+        self.word_options = word_options
+        self.console = console or Console(stderr=True)
+        self.progress = progress
+        needs = Needs()
+        for part in [*self.methods, *(m.metric for m in metrics)]:
+            needs = needs | part.needs
+        self.needs = needs
+
+    # -- samples -------------------------------------------------------------------------
+    def samples(self) -> list[tuple[int, Sample]]:
+        """(dataset index, sample) of this shard, after ``limit``; ids must be unique."""
+        chosen, seen = [], set()
+        for index, sample in enumerate(self.dataset):
+            if self.limit is not None and index >= self.limit:
+                break
+            if sample.id in seen:
+                raise MMXAIError(f"dataset {self.dataset.name!r}: sample id {sample.id!r} "
+                                 "appears twice; results are keyed by sample id")
+            seen.add(sample.id)
+            if self.shard.selects(index):
+                chosen.append((index, sample))
+        return chosen
+
+    def _settings(self, method: Method) -> dict[str, Any]:
+        settings = {"method": method.name, "options": method.describe_options(),
+                    "max_new_tokens": self.max_new_tokens}
+        if self.min_new_tokens:
+            settings["min_new_tokens"] = self.min_new_tokens
+        if self.word_options is not None:
+            settings["words"] = dataclasses.asdict(self.word_options)
+        return settings
+
+    # -- a model -------------------------------------------------------------------------
+    def run(self, model: Model, label: str | None = None) -> Summary:
+        """Evaluate one model; ``label`` names it in the store (default: its model id)."""
+        label = label or model.model_id
+        samples = self.samples()
+        keys = {m.name: RunKey(label, self.dataset.name, m.name,
+                               provenance.options_hash(self._settings(m)))
+                for m in self.methods}
+        self._record_provenance(model, label, keys)
+        done = {name: self.store.done(key) for name, key in keys.items()}
+        summary = Summary(label, samples=len(samples))
+        with self._progress() as bar:
+            task = bar.add_task(f"{label} · {self.dataset.name}", total=len(samples))
+            for index, sample in samples:
+                todo = {m.name: [metric for metric in self.metrics
+                                 if metric not in done[m.name].get(sample.id, set())]
+                        for m in self.methods}
+                todo = {name: metrics for name, metrics in todo.items() if metrics}
+                if not todo:
+                    summary.resumed += 1
+                    bar.advance(task)
+                    continue
+                rows = self.evaluate_sample(model, index, sample, todo, keys)
+                self.store.write(rows)
+                summary.evaluated += 1
+                for row in rows:
+                    if row.status == "failed":
+                        line = f"{row.key.method} · {row.metric}: {row.error}"
+                        summary.failures.append(line)
+                        summary.failed_samples.add(sample.id)
+                        bar.console.print(f"[red]failed[/] {escape(line)}", soft_wrap=True)
+                bar.advance(task)
+        return summary
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                        console=self.console, disable=not self.progress, transient=False)
+
+    def _record_provenance(self, model: Model, label: str, keys: dict[str, RunKey]) -> None:
+        weights = provenance.weights_id(model)
+        fingerprint = provenance.dataset_fingerprint(self.dataset)
+        device = str(model.device)
+        if model.device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name(model.device)})"
+        metrics = {m.label: {"name": m.metric.name, "options": m.options,
+                             "higher_is_better": m.metric.higher_is_better,
+                             "category": m.metric.category} for m in self.metrics.values()}
+        for method in self.methods:
+            record = provenance.record(
+                model=model, model_label=label, weights=weights, dataset=self.dataset,
+                fingerprint=fingerprint, method=method.name,
+                method_options=method.describe_options(), metrics=metrics,
+                max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
+                seed=self.seed, device=device,
+                shard=self.shard.label)
+            stored = self.store.add_provenance(keys[method.name], record)
+            changed = provenance.mismatch(stored, record)
+            if changed:
+                raise MMXAIError(
+                    f"{self.store.path}: the stored results of {label} / {method.name} were "
+                    f"made with another {', '.join(changed)}; write to a new --out folder")
+
+    # -- a sample ------------------------------------------------------------------------
+    def evaluate_sample(self, model: Model, index: int, sample: Sample,
+                        todo: dict[str, list[str]], keys: dict[str, RunKey]) -> list[Row]:
+        """Rows for the (method, metric) pairs of ``todo`` on one sample; never raises for a
+        problem of the sample, a method or a metric."""
+        sid = sample.id
+
+        def fail(methods: Iterable[str], cause: str) -> list[Row]:
+            return [Row.failed(keys[name], sid, metric, _failure(sid, cause))
+                    for name in methods for metric in todo[name]]
+
+        try:
+            image = load_image(sample)
+        except Exception as exc:
+            return fail(todo, _cause(exc))
+        mask, mask_error = None, None
+        if any(self.metrics[m].metric.needs_mask for ms in todo.values() for m in ms):
+            try:
+                mask = load_mask(sample, image.size)
+            except Exception as exc:
+                mask_error = _failure(sample.id, _cause(exc))
+        try:
+            _seed(self.seed, index, "generate")
+            inputs = model.build_inputs([image], sample.prompt)
+            trace = generate_trace(model, inputs, self.needs, max_new_tokens=self.max_new_tokens,
+                                   min_new_tokens=self.min_new_tokens)
+            words = words_from_trace(trace, sample, self.word_options)
+        except Exception as exc:
+            return fail(todo, f"generation: {_cause(exc)}")
+        rows: list[Row] = []
+        for method in self.methods:
+            if method.name not in todo:
+                continue
+            try:
+                maps, cost = self._explain(method, trace, index)
+            except Exception as exc:
+                rows += fail([method.name], f"method {method.name!r}: {_cause(exc)}")
+                continue
+            item = EvalItem(sample, model, method, trace, maps, words, mask, cost)
+            for label in todo[method.name]:
+                rows.append(self._measure(keys[method.name], index, item, label, mask_error))
+        return rows
+
+    def _explain(self, method: Method, trace: Trace,
+                 index: int) -> tuple[np.ndarray, dict[str, float]]:
+        _seed(self.seed, index, f"method:{method.name}")
+        tokens = list(range(trace.n_generated))
+        with measure(trace.model.device) as cost:
+            maps = method.explain(trace, tokens)
+        maps = np.asarray(maps, dtype=np.float32)
+        _check_maps(maps, trace)
+        cost["seconds_per_token"] = cost["seconds"] / max(1, len(tokens))
+        return maps, cost
+
+    def _measure(self, key: RunKey, index: int, item: EvalItem, label: str,
+                 mask_error: str | None) -> Row:
+        named = self.metrics[label]
+        sid = item.sample.id
+        if named.metric.needs_mask:
+            if mask_error is not None:
+                return Row.failed(key, sid, label, mask_error)
+            if item.mask is None:
+                return Row.skipped(key, sid, label, "the sample has no mask")
+        try:
+            _seed(self.seed, index, f"metric:{label}:{item.method.name}")
+            parts = _check_parts(named.metric.measure(item))
+        except Exception as exc:
+            return Row.failed(key, sid, label, f"sample {sid}: metric {label!r} on method "
+                                               f"{item.method.name!r}: {_cause(exc)}")
+        return Row.ok(key, sid, label, parts)

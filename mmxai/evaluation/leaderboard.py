@@ -1,0 +1,201 @@
+"""The leaderboard: stored results (one or many stores) -> one table of methods x metrics.
+
+For every (dataset, model, method) row and metric column the cell holds the metric's
+``aggregate`` over the samples it was evaluated on, a seeded 95% bootstrap interval, how
+many samples were evaluated and how many failed, and (for every row but the best one) the
+p-value of a paired permutation test against the best row of that column, over the samples
+both rows were evaluated on. Nothing here runs a model: stores written by shards, killed
+and resumed runs, or other machines merge by their unique keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmxai.errors import MMXAIError, UnknownNameError
+from mmxai.evaluation.stats import Scorer, bootstrap_ci, paired_permutation_p
+from mmxai.evaluation.store import ResultStore, Row, RunKey
+from mmxai.metric import Metric, Parts
+from mmxai.registry import manager
+
+CATEGORY_ORDER = ("localisation", "faithfulness", "sanity", "cost")
+ALPHA = 0.05
+
+
+@dataclass
+class MetricInfo:
+    """What the table needs to know about a metric column."""
+
+    label: str  # the stored name, with options if any: "deletion[steps=16]"
+    name: str
+    higher_is_better: bool = True
+    category: str = ""
+    scorer: Scorer = field(default_factory=lambda: Scorer(Metric().aggregate, "value"))
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+
+@dataclass
+class Cell:
+    value: float
+    ci: tuple[float, float]
+    n: int  # samples evaluated
+    failed: int
+    best: bool = False
+    p_vs_best: float | None = None  # None for the best row and when there is no overlap
+
+    @property
+    def significantly_worse(self) -> bool:
+        return self.p_vs_best is not None and self.p_vs_best < ALPHA
+
+
+@dataclass
+class LeaderRow:
+    key: RunKey
+    label: str  # the method, with a short options hash when one method has several
+    cells: dict[str, Cell]
+    n: int  # samples with at least one evaluated metric
+    failed: int  # samples with at least one failure
+
+
+@dataclass
+class Leaderboard:
+    rows: list[LeaderRow]
+    metrics: list[MetricInfo]
+    failures: list[Row]
+    provenance: list[dict[str, Any]]
+    n_boot: int
+    seed: int
+
+
+def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, Any]]]:
+    """Rows and provenance records of several stores (files or folders of ``*.sqlite``).
+
+    A (key, sample, metric) present in several stores is kept once: a sample is never
+    counted twice, whatever overlaps between shards or copies.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.sqlite")))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise MMXAIError(f"results {str(path)!r}: no such file or folder")
+    if not files:
+        raise MMXAIError(f"no results store (*.sqlite) in {', '.join(map(str, paths))}")
+    rows: dict[tuple[RunKey, str, str], Row] = {}
+    records: dict[str, dict[str, Any]] = {}
+    for file in files:
+        with ResultStore(file) as store:
+            for row in store.rows():
+                rows.setdefault((row.key, row.sample_id, row.metric), row)
+            for key, record in store.provenance().items():
+                record = {**record, "options_hash": key.options_hash}
+                records.setdefault(repr(sorted(record.items(), key=str)), record)
+    return list(rows.values()), list(records.values())
+
+
+def metric_info(label: str, provenance: Sequence[dict[str, Any]]) -> MetricInfo:
+    """Direction, category and aggregate of a metric column, from the registry if the
+    metric's plugin is installed, else from the provenance the run stored."""
+    name = label.split("[", 1)[0]
+    try:
+        cls = manager().get("metrics", name)
+    except UnknownNameError:
+        stored = next((p["metrics"][label] for p in provenance
+                       if label in p.get("metrics", {})), {})
+        return MetricInfo(label, name, bool(stored.get("higher_is_better", True)),
+                          str(stored.get("category", "")))
+    metric = cls()
+    pooled = "value" if type(metric).aggregate is Metric.aggregate else None
+    return MetricInfo(label, name, cls.higher_is_better, cls.category,
+                      Scorer(metric.aggregate, pooled))
+
+
+def _labels(keys: Sequence[RunKey]) -> dict[RunKey, str]:
+    """The method name, plus the options hash when one method appears with several."""
+    variants: dict[tuple[str, str, str], set[str]] = {}
+    for key in keys:
+        variants.setdefault((key.dataset, key.model, key.method), set()).add(key.options_hash)
+    return {key: key.method if len(variants[(key.dataset, key.model, key.method)]) == 1
+            else f"{key.method}#{key.options_hash[:6]}" for key in keys}
+
+
+def build(rows: Sequence[Row], provenance: Sequence[dict[str, Any]], n_boot: int = 1000,
+          seed: int = 0) -> Leaderboard:
+    ok: dict[tuple[RunKey, str], dict[str, Parts]] = {}
+    failed: dict[tuple[RunKey, str], set[str]] = {}
+    for row in rows:
+        if row.status == "ok":
+            ok.setdefault((row.key, row.metric), {})[row.sample_id] = row.parts or {}
+        elif row.status == "failed":
+            failed.setdefault((row.key, row.metric), set()).add(row.sample_id)
+    keys = sorted({row.key for row in rows},
+                  key=lambda k: (k.dataset, k.model, k.method, k.options_hash))
+    labels = {metric for (_, metric) in [*ok, *failed]}
+    metrics = sorted((metric_info(m, provenance) for m in labels),
+                     key=lambda m: (_category_rank(m.category), m.label))
+    table = []
+    for key in keys:
+        cells = {}
+        for info in metrics:
+            by_sample = ok.get((key, info.label), {})
+            n_failed = len(failed.get((key, info.label), ()))
+            if not by_sample and not n_failed:
+                continue
+            parts = [by_sample[s] for s in sorted(by_sample)]
+            value = info.scorer.score(parts) if parts else math.nan
+            cells[info.label] = Cell(value, bootstrap_ci(parts, info.scorer, n_boot, seed),
+                                     len(parts), n_failed)
+        evaluated = {s for (k, _), by in ok.items() if k == key for s in by}
+        broken = {s for (k, _), ss in failed.items() if k == key for s in ss}
+        table.append(LeaderRow(key, "", cells, len(evaluated), len(broken)))
+    labels = _labels(keys)
+    for row in table:
+        row.label = labels[row.key]
+    for info in metrics:
+        _mark_best(table, info, ok, n_boot, seed)
+    failures = sorted((r for r in rows if r.status == "failed"),
+                      key=lambda r: (r.key.dataset, r.key.model, r.key.method, r.sample_id,
+                                     r.metric))
+    return Leaderboard(table, metrics, failures, list(provenance), n_boot, seed)
+
+
+def _category_rank(category: str) -> int:
+    return CATEGORY_ORDER.index(category) if category in CATEGORY_ORDER else len(CATEGORY_ORDER)
+
+
+def _mark_best(table: list[LeaderRow], info: MetricInfo,
+               ok: dict[tuple[RunKey, str], dict[str, Parts]], n_boot: int, seed: int) -> None:
+    """Bold the best row per dataset; test every other row against it on shared samples."""
+    for dataset in sorted({row.key.dataset for row in table}):
+        rows = [r for r in table if r.key.dataset == dataset and info.label in r.cells
+                and math.isfinite(r.cells[info.label].value)]
+        if not rows:
+            continue
+        sign = 1 if info.higher_is_better else -1
+        best = max(rows, key=lambda r: sign * r.cells[info.label].value)
+        best.cells[info.label].best = True
+        best_parts = ok.get((best.key, info.label), {})
+        for row in rows:
+            if row is best:
+                continue
+            parts = ok.get((row.key, info.label), {})
+            shared = sorted(set(parts) & set(best_parts))
+            if shared:
+                row.cells[info.label].p_vs_best = paired_permutation_p(
+                    [parts[s] for s in shared], [best_parts[s] for s in shared],
+                    info.scorer, n_boot, seed)
+
+
+def leaderboard(paths: Sequence[str | Path], n_boot: int = 1000, seed: int = 0) -> Leaderboard:
+    """Load and merge stores, then build the table."""
+    rows, provenance = load_rows(paths)
+    return build(rows, provenance, n_boot, seed)
