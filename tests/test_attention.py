@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers_attribution import FAMILIES, PROMPT, forced, image, tiny
+from helpers_attribution import FAMILIES, PROMPT, forced, image
 from mmxai.methods.attention import AttentionRollout, RawAttention, attention_rows, rollout
 
 from mmxai.errors import MMXAIError
@@ -15,9 +15,14 @@ from mmxai.explain import explain
 from mmxai.trace import Needs
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def trace(request):
-    return forced(request.param, Needs(attentions=True))
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tiny_model):
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def trace(model):
+    return forced(model, Needs(attentions=True))
 
 
 def test_trace_attention_rows_are_softmax_rows(trace):
@@ -119,17 +124,16 @@ def test_attention_rows_helper_on_a_known_tensor():
     torch.testing.assert_close(out, attn[1, 1, 2][None])
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("method", ["attention", "rollout"])
-def test_attention_methods_end_to_end(family, method):
-    explanation = explain(tiny(family), image(), PROMPT, method=method, max_new_tokens=4)
+def test_attention_methods_end_to_end(model, method):
+    explanation = explain(model, image(), PROMPT, method=method, max_new_tokens=4)
     maps = explanation.maps
     assert maps.shape == (explanation.trace.n_generated, len(explanation.trace.image_positions))
     assert np.isfinite(maps).all() and (maps > 0).all() and (maps < 1).all()
 
 
-def test_switching_to_eager_attention_is_announced():
-    model = copy.copy(tiny("qwen2-vl"))
+def test_switching_to_eager_attention_is_announced(tiny_model):
+    model = copy.copy(tiny_model("qwen2-vl"))  # a copy: the shared model stays eager
     model.hf = copy.deepcopy(model.hf)
     model.hf.set_attn_implementation("sdpa")
     with pytest.warns(UserWarning, match="to 'eager'"):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from captum._utils.gradient import compute_layer_gradients_and_eval
-from helpers_attribution import FAMILIES, PROMPT, forced, image, tiny
+from helpers_attribution import FAMILIES, PROMPT, forced, image
 from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
 from mmxai.methods.gradcam import GradCAM, gradcam_scores, image_sections, layer_gradcam
 
@@ -77,11 +77,14 @@ def test_batchless_rows_are_pooled_per_image():
     assert not np.allclose(scores, by_hand(grads, acts))  # pooling over both images differs
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_one_forward_gradients_match_captum_per_token(family):
+@pytest.fixture(params=FAMILIES)
+def model(request, tiny_model):
+    return tiny_model(request.param)
+
+
+def test_one_forward_gradients_match_captum_per_token(model):
     """One forward pass, one backward per token == captum's forward+backward per token."""
-    trace = forced(family)
-    model = tiny(family)
+    trace = forced(model)
     layer = model.vision_layers()[model.default_vision_layer()]
     tokens = list(range(trace.n_generated))
     with leaf_outputs(layer) as acts:
@@ -101,9 +104,7 @@ def test_one_forward_gradients_match_captum_per_token(family):
     assert any(g.abs().sum() > 0 for g in ours)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_gradcam_end_to_end(family):
-    model = tiny(family)
+def test_gradcam_end_to_end(model):
     explanation = explain(model, image(), PROMPT, method="gradcam", max_new_tokens=4)
     maps = explanation.maps
     n_image = len(explanation.trace.image_positions)
@@ -111,9 +112,8 @@ def test_gradcam_end_to_end(family):
     assert np.isfinite(maps).all() and (maps >= 0).all() and (maps > 0).any()
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_gradcam_layer_option_changes_the_map(family):
-    trace = forced(family)
+def test_gradcam_layer_option_changes_the_map(model):
+    trace = forced(model)
     first = GradCAM(layer=0).explain(trace, [0, 1])
     last = GradCAM(layer=-1).explain(trace, [0, 1])
     assert first.shape == last.shape == (2, len(trace.image_positions))

@@ -5,7 +5,7 @@ on two families."""
 import numpy as np
 import pytest
 import torch
-from helpers_attribution import FAMILIES, PROMPT, forced, image, tiny
+from helpers_attribution import FAMILIES, PROMPT, forced, image
 from mmxai.methods.backprop import leaf_inputs, token_logits
 from mmxai.methods.lrp import (
     CPLRP,
@@ -133,9 +133,9 @@ def test_attention_rules_keep_values_and_split_gradients(llama):
     torch.testing.assert_close(grads["attn"][2], grads["eager"][2] / 2)
 
 
-def test_cp_lrp_conserves_on_tiny_llava():
+def test_cp_lrp_conserves_on_tiny_llava(tiny_model):
     """Tiny LLaVA's Llama is bias-free: all relevance, over every position, is the logit."""
-    trace = forced("llava")
+    trace = forced(tiny_model("llava"))
     tokens = list(range(trace.n_generated))
     scores = relevance(trace, tokens, "cp-lrp")
     assert scores.shape == (len(tokens), len(trace.sequence) - 1)
@@ -144,10 +144,13 @@ def test_cp_lrp_conserves_on_tiny_llava():
     assert scores[:, trace.image_positions].abs().sum() > 0
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_rules_leave_forward_values_alone(family):
-    trace = forced(family)
-    model = tiny(family)
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tiny_model):
+    return tiny_model(request.param)
+
+
+def test_rules_leave_forward_values_alone(model):
+    trace = forced(model)
     tokens = list(range(trace.n_generated))
     plain = token_logits(trace, tokens).detach()
     for rule in ("cp-lrp", "attnlrp"):
@@ -156,10 +159,9 @@ def test_rules_leave_forward_values_alone(family):
     assert all("forward" not in m.__dict__ for m in model.hf.modules())  # all restored
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("method", ["cp-lrp", "attnlrp"])
-def test_lrp_end_to_end(family, method):
-    explanation = explain(tiny(family), image(), PROMPT, method=method, max_new_tokens=4)
+def test_lrp_end_to_end(model, method):
+    explanation = explain(model, image(), PROMPT, method=method, max_new_tokens=4)
     maps = explanation.maps
     assert maps.shape == (explanation.trace.n_generated, len(explanation.trace.image_positions))
     assert maps.dtype == np.float32 and np.isfinite(maps).all()
@@ -167,8 +169,8 @@ def test_lrp_end_to_end(family, method):
 
 
 @pytest.mark.parametrize("cls", [CPLRP, AttnLRP])
-def test_positive_only_clips_the_signed_map(cls):
-    trace = forced("qwen2-vl")
+def test_positive_only_clips_the_signed_map(cls, tiny_model):
+    trace = forced(tiny_model("qwen2-vl"))
     signed = cls(positive_only=False).explain(trace, [0, 2])
     assert (signed < 0).any()  # relevance can be negative evidence
     np.testing.assert_array_equal(cls().explain(trace, [0, 2]), np.maximum(signed, 0))

@@ -1,0 +1,22 @@
+"""Grad-CAM, attention, rollout, LRP and the baselines on every family with a tiny model.
+
+One shared trace per family (``explain_many``): every method's maps have the flat layout,
+are finite, and are non-negative where the method promises it (all of these do by default).
+"""
+
+import numpy as np
+from helpers_attribution import PROMPT, image
+
+from mmxai.explain import explain_many
+
+METHODS = ("gradcam", "attention", "rollout", "cp-lrp", "attnlrp", "random", "centre")
+
+
+def test_every_method_runs_on_every_family(tiny_model, tiny_family):
+    results = explain_many(tiny_model(tiny_family), image(), PROMPT, METHODS, max_new_tokens=2)
+    for name, explanation in results.items():
+        trace = explanation.trace
+        maps = explanation.maps
+        assert maps.shape == (trace.n_generated, len(trace.image_positions)), name
+        assert maps.dtype == np.float32 and np.isfinite(maps).all(), name
+        assert (maps >= 0).all() and (maps > 0).any(), name
