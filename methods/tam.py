@@ -94,7 +94,8 @@ class TAM(Method):
         rel_pos = np.minimum(item_pos - shift, trace.hidden.shape[0] - 1)
         unique, column = np.unique(classes, return_inverse=True)
         image_pos = trace.image_positions
-        scores = trace.logits(unique, np.concatenate([image_pos, rel_pos])).clamp_min(0)
+        # (N + K, C); the post-processing is cheap and runs on the CPU
+        scores = trace.logits(unique, np.concatenate([image_pos, rel_pos])).clamp_min(0).cpu()
         history = scores[:len(image_pos), column].T  # (K, N) raw maps of all items
         text = scores[len(image_pos):, column[explained]].T  # (J, K) relevance per context item
         keys = self._keys(trace, item_ids)

@@ -101,7 +101,7 @@ def _rank_gaussian(x: torch.Tensor, kernel_size: int, constant: str) -> torch.Te
     """:func:`rank_gaussian_filter` on one chunk (n, h, w) of grids."""
     _, h, w = x.shape
     pad = kernel_size // 2
-    padded = x[:, reflect_index(h, pad)][:, :, reflect_index(w, pad)]
+    padded = x[:, reflect_index(h, pad).to(x.device)][:, :, reflect_index(w, pad).to(x.device)]
     ranks = [padded[:, i:i + h, j:j + w] for i in range(kernel_size) for j in range(kernel_size)]
     for a, b in sorting_network(len(ranks)):
         ranks[a], ranks[b] = torch.minimum(ranks[a], ranks[b]), torch.maximum(ranks[a], ranks[b])
@@ -130,7 +130,7 @@ def lstsq_scale(target: ArrayLike, basis: ArrayLike) -> ArrayLike:
     Closed form ``<target, basis> / <basis, basis>``; 0 where the basis is all zeros (any s
     fits equally, and 0 leaves the target unchanged).
     """
-    t, b = _tensor(target), _tensor(basis)
+    t, b = _tensor(target), _tensor(basis).to(_tensor(target).device)
     num = (t * b).sum(dim=-1)
     den = (b * b).sum(dim=-1)
     scale = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
@@ -153,7 +153,8 @@ def estimated_causal_inference(maps: ArrayLike, history: ArrayLike, relevance: A
     is irrelevant (E_j = 0), keeps its map.
     """
     m, h = _tensor(maps), _tensor(history)
-    r = _tensor(relevance).clamp_min(0) * torch.as_tensor(context, dtype=torch.bool)
+    r = _tensor(relevance).clamp_min(0)
+    r = r * torch.as_tensor(context, dtype=torch.bool, device=r.device)
     weights = r / (r.sum(dim=-1, keepdim=True) + eps)
     interference = weights.to(h.dtype) @ h
     scale = lstsq_scale(m, interference)
@@ -171,8 +172,8 @@ def joint_minmax(image: ArrayLike, text: ArrayLike,
     """
     img, txt = _tensor(image), _tensor(text).to(_tensor(image).dtype)
     mask = (torch.ones_like(txt, dtype=torch.bool) if text_mask is None
-            else torch.as_tensor(text_mask, dtype=torch.bool))
-    inf = torch.tensor(float("inf"), dtype=img.dtype)
+            else torch.as_tensor(text_mask, dtype=torch.bool, device=txt.device))
+    inf = torch.tensor(float("inf"), dtype=img.dtype, device=img.device)
     if img.shape[-1] + txt.shape[-1] == 0:
         return _like(img.clone(), image), _like(txt.clone(), text)
     lo = torch.cat([img, torch.where(mask, txt, inf)], dim=-1).amin(dim=-1, keepdim=True)
