@@ -122,6 +122,7 @@ def bad_inputs(tiny_families, tiny_dir, tmp_path):
     ("unknown method", ["unknown method 'no-such-method'", "available:", "example-norm"]),
     ("unknown option", ["has no option(s) colour"]),
     ("option for a method not run", ["method 'tam' is not run"]),
+    ("output folder is a file", ["--out", "cannot create the folder"]),
 ])
 def test_explain_bad_input_is_one_line_and_exit_code_2(case, phrases, bad_inputs, tmp_path,
                                                        capsys):
@@ -139,12 +140,15 @@ def test_explain_bad_input_is_one_line_and_exit_code_2(case, phrases, bad_inputs
         method = "no-such-method"
     elif case == "unknown option":
         extra = ["--option", "example-norm.colour=red"]
-    else:
+    elif case == "option for a method not run":
         extra = ["--option", "tam.alpha=1"]
+    out = tmp_path / "out"
+    if case == "output folder is a file":
+        out.write_text("in the way")
     code, _, err = run_cli(capsys, "explain", model, image, "--method", method, *extra,
-                           "--max-new-tokens", 2, "--out", tmp_path / "out")
+                           "--max-new-tokens", 2, "--out", out)
     assert_one_line_error(code, err, *phrases)
-    assert not (tmp_path / "out" / "index.html").exists()
+    assert not (out / "index.html").exists()
 
 
 def test_help_imports_no_command_and_a_broken_command_is_one_line(tmp_path, monkeypatch,

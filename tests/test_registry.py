@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import email.message
 import importlib
+import inspect
 import json
 import textwrap
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from mmxai import cli, registry
+from mmxai import cli, hookspecs, registry
 from mmxai.errors import DuplicateNameError, UnknownNameError
 from mmxai.explain import explain
 from mmxai.hookspecs import hookimpl
@@ -253,3 +255,12 @@ def test_example_method_runs_through_mmxai_explain(tiny_families, tiny_dir, tmp_
     assert json.loads((out / "run.json").read_text())["methods"] == {
         "example-norm": {"power": 0.5}}
     assert len(list((out / "example-norm").glob("*.png"))) == 4
+
+
+def test_every_hook_is_documented_with_its_signature():
+    docs = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    hooks = [name for name in dir(hookspecs) if name.startswith("register_")]
+    assert sorted(hooks) == sorted(f"register_{kind}" for kind in hookspecs.KINDS)
+    for name in hooks:
+        parameters = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert f"`{name}({parameters})`" in docs, name

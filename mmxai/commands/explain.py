@@ -91,13 +91,17 @@ def run(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before the (slow) model load.
     images = [load_image(path) for path in args.images]
     instances = [make_method(name, **options.get(name, {})) for name in methods]
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {str(args.out)!r}: cannot create the folder ({exc})") from exc
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"loading {args.model}", total=2 + 2 * len(instances))
         model = _load(args)
 
-        def on_step(step: str) -> None:
+        def on_step(step: str) -> None:  # a step starts: the one before it is done
             label = "tracing (one generation for all methods)" if step == "trace" else step
             progress.update(task, description=label, advance=1)
 
@@ -108,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             progress.update(task, description=f"rendering {name}", advance=1)
             write_method(explanation, render_overlays(explanation, images), args.out)
             heatmaps[name] = render_heatmaps(explanation, images)
+        progress.update(task, advance=1)
     pages = write_pages(explanations, heatmaps, images, args.out, title=f"mmxai: {args.model}")
     write_run(explanations, args)
     first = next(iter(explanations.values()))
