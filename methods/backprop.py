@@ -64,19 +64,35 @@ def leaf_inputs(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+@contextmanager
+def frozen_parameters(module: torch.nn.Module) -> Iterator[None]:
+    """No parameter requires grad inside: autograd then records only what flows from the
+    leaves (nothing upstream of them, no inputs saved for weight gradients)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def token_logits(trace: Trace, tokens: Sequence[int]) -> torch.Tensor:
     """Logits of generated tokens ``tokens`` at their generating positions: (n_tokens,).
 
-    One teacher-forced forward pass over the traced sequence, with autograd on; only the
+    One teacher-forced forward pass over the traced sequence, with autograd on for what
+    depends on a leaf (:func:`leaf_outputs`, :func:`leaf_inputs`) and nothing else; only the
     generating positions are projected onto the vocabulary.
     """
     features = forced_features(trace.inputs, trace.sequence[:-1])
     positions = torch.tensor([trace.generating_position(int(j)) for j in tokens],
                              dtype=torch.long)
     ids = trace.sequence[positions + 1]
+    model = trace.model.hf
     device = trace.model.device
-    with torch.enable_grad():
-        out = trace.model.hf(**features, use_cache=False, logits_to_keep=positions.to(device))
+    with torch.enable_grad(), frozen_parameters(model):
+        out = model(**features, use_cache=False, logits_to_keep=positions.to(device))
         logits = out.logits[0].float()  # (n_tokens, V)
         return logits[torch.arange(len(positions), device=logits.device), ids.to(logits.device)]
 
@@ -84,6 +100,10 @@ def token_logits(trace: Trace, tokens: Sequence[int]) -> torch.Tensor:
 def per_token_gradients(logits: torch.Tensor,
                         leaves: Sequence[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
     """For each logit, its gradients with respect to ``leaves`` (zeros where unused)."""
+    if not logits.requires_grad:  # no logit depends on any leaf (e.g. a layer no one reads)
+        for _ in range(logits.shape[0]):
+            yield [torch.zeros_like(leaf) for leaf in leaves]
+        return
     for i in range(logits.shape[0]):
         grads = torch.autograd.grad(logits[i], list(leaves), retain_graph=i + 1 < len(logits),
                                     allow_unused=True)

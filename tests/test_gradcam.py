@@ -118,3 +118,12 @@ def test_gradcam_layer_option_changes_the_map(model):
     last = GradCAM(layer=-1).explain(trace, [0, 1])
     assert first.shape == last.shape == (2, len(trace.image_positions))
     assert not np.allclose(first, last)
+
+
+def test_a_layer_the_projector_never_reads_explains_nothing(tiny_model):
+    """Tiny LLaVA reads vision layer -2 (= 0 of 2): the last layer's output is unused."""
+    model = tiny_model("llava")
+    assert model.default_vision_layer() == 0
+    trace = forced(model)
+    np.testing.assert_array_equal(GradCAM(layer=1).explain(trace, [0, 1]), 0)
+    assert (GradCAM().explain(trace, [0, 1]) > 0).any()
