@@ -7,7 +7,8 @@ interactions"), and their compositions with the logit lens and TAM.
   token's (rank-biased overlap r_j) are interference; their maps, weighted by 1 - r_j with a
   base map A_0, are removed with a least-squares scale, then the rank Gaussian filter.
 
-Registered: "arc", "msea" (logit lens + MSEA), "msea-tam", "msea-arc" (the paper's method).
+Registered: "arc", "msea" (logit lens + MSEA), "msea-tam" (TAM on MSEA maps) and "msea-arc"
+(the paper's method): the combinations the paper's tables use.
 Every choice the paper leaves open is an option; docs/methods.md lists them.
 """
 
@@ -23,6 +24,7 @@ from PIL import Image
 from mmxai.hookspecs import hookimpl
 from mmxai.maps import per_grid, resample
 from mmxai.method import Method
+from mmxai.methods.tam import TAM, TAMOptions
 from mmxai.ops import lstsq_scale, rank_gaussian_filter
 from mmxai.ranking import rbo
 from mmxai.trace import Needs, Trace, forced_trace
@@ -249,7 +251,23 @@ class MSEAARC(Method):
         return arc(trace, tokens, lambda c: msea_maps(trace, c, self.options), self.options)
 
 
+@dataclass
+class MSEATAMOptions(TAMOptions, MSEAOptions):
+    pass
+
+
+class MSEATAM(TAM):
+    name = "msea-tam"
+    summary = "TAM on MSEA's multi-scale logit maps"
+    needs = Needs(extra_passes=True)
+    citation = TAM.citation + "\n\n" + CITATION
+    Options = MSEATAMOptions
+
+    def image_logits(self, trace: Trace, classes: list[int]) -> torch.Tensor:
+        return msea_maps(trace, classes, self.options)
+
+
 @hookimpl
 def register_methods(register):
-    for method in (ARC, MSEA, MSEAARC):
+    for method in (ARC, MSEA, MSEATAM, MSEAARC):
         register(method)

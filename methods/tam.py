@@ -93,11 +93,11 @@ class TAM(Method):
                  "reference": (np.arange(len(item_pos)) >= n).astype(np.int64)}[o.relevance]
         rel_pos = np.minimum(item_pos - shift, trace.hidden.shape[0] - 1)
         unique, column = np.unique(classes, return_inverse=True)
-        image_pos = trace.image_positions
-        # (N + K, C); the post-processing is cheap and runs on the CPU
-        scores = trace.logits(unique, np.concatenate([image_pos, rel_pos])).clamp_min(0).cpu()
-        history = scores[:len(image_pos), column].T  # (K, N) raw maps of all items
-        text = scores[len(image_pos):, column[explained]].T  # (J, K) relevance per context item
+        # the post-processing is cheap and runs on the CPU
+        image = self.image_logits(trace, unique.tolist()).clamp_min(0)  # (C, N)
+        relevance = trace.logits(unique, rel_pos).clamp_min(0).cpu()  # (K, C)
+        history = image[column]  # (K, N) raw maps of all items
+        text = relevance[:, column[explained]].T  # (J, K) relevance per context item
         keys = self._keys(trace, item_ids)
         before = np.arange(len(item_pos))[None, :] < explained[:, None]
         context = before & (keys[None, :] != keys[explained][:, None])
@@ -105,6 +105,10 @@ class TAM(Method):
         text_mask = np.arange(len(item_pos))[None, :] < np.maximum(explained, n)[:, None]
         return postprocess(history, explained, text, context, text_mask, trace.grids,
                            o.kernel_size, o.constant, o.eci)
+
+    def image_logits(self, trace: Trace, classes: list[int]) -> torch.Tensor:
+        """The raw logit maps of ``classes``, (C, N_image): where MSEA-TAM plugs in."""
+        return trace.image_logits(classes).cpu()
 
     def _keys(self, trace: Trace, ids: np.ndarray) -> np.ndarray:
         """What "the same token" means for repeated-token exclusion, one key per item."""

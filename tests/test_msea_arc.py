@@ -117,9 +117,16 @@ def test_arc_removes_an_irrelevant_context_map(trace, monkeypatch):
 
 
 def test_registered_methods_end_to_end(model, image):
-    results = explain_many(model, image, PROMPT, ["arc", "msea", "msea-arc"], max_new_tokens=4,
-                           generate_kwargs={"min_new_tokens": 4})
+    results = explain_many(model, image, PROMPT, ["arc", "msea", "msea-tam", "msea-arc"],
+                           max_new_tokens=4, generate_kwargs={"min_new_tokens": 4})
     n_image = sum(g.size for g in results["arc"].trace.grids)
     for name, explanation in results.items():
         assert explanation.maps.shape == (4, n_image), name
         assert np.isfinite(explanation.maps).all() and (explanation.maps >= 0).all(), name
+
+
+def test_msea_tam_single_scale_equals_tam(model, image):
+    results = explain_many(model, image, PROMPT, ["tam", "msea-tam"], max_new_tokens=4,
+                           method_options={"msea-tam": {"scales": (1.0,)}},
+                           generate_kwargs={"min_new_tokens": 4})
+    np.testing.assert_allclose(results["msea-tam"].maps, results["tam"].maps, atol=1e-6)
