@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from mmxai.plugins.llava import size_value, stack_calls, token_positions
 from PIL import Image
 
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
+from mmxai.plugins.llava import size_value, stack_calls, token_positions
 from mmxai.tiny import random_model, train_tokenizer
 
 #: The InternVL3 -hf template: ChatML, ``<IMG_CONTEXT>\n`` per image (the processor expands it).
@@ -163,13 +163,11 @@ class InternVL(Model):
         Tiles of 4 x 4 patches fold into 2 x 2 tokens; up to 4 tiles plus a thumbnail.
         """
         from transformers import (
+            GotOcr2ImageProcessorPil,
             InternVLConfig,
             InternVLForConditionalGeneration,
             InternVLVisionConfig,
             Qwen2Config,
-        )
-        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
-            GotOcr2ImageProcessorPil,
         )
 
         tokenizer = train_tokenizer(SPECIAL_TOKENS, extra_text="user assistant",

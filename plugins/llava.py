@@ -154,7 +154,8 @@ class Llava(Model):
             )
         runs = split_runs(positions, [per_image] * len(images))
         ip = self.processor.image_processor
-        pad = bool(getattr(ip, "do_pad", False))  # LLaVA's do_pad pads to a square first
+        # LLaVA's own image processor pads to a square first when do_pad; CLIP's pads batches
+        pad = hasattr(ip, "pad_to_square") and bool(getattr(ip, "do_pad", False))
         return [ImageGrid(image=i, positions=run[-rows * cols:], shape=(rows, cols),
                           box=crop_box(ip, *image.size, pad_to_square=pad))
                 for i, (run, image) in enumerate(zip(runs, images, strict=True))]
@@ -177,9 +178,9 @@ class Llava(Model):
             LlamaConfig,
             LlavaConfig,
             LlavaForConditionalGeneration,
+            LlavaImageProcessorPil,
             LlavaProcessor,
         )
-        from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
         tokenizer = train_tokenizer(["<image>", "<s>", "</s>", "<pad>"],
                                     extra_text="USER ASSISTANT", bos_token="<s>",

@@ -16,6 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image
+
+from mmxai.errors import UnsupportedModelError
+from mmxai.hookspecs import hookimpl
+from mmxai.model import ImageGrid, Inputs
 from mmxai.plugins.llava import (
     TINY_IMAGE_SIZE,
     TINY_PATCH_SIZE,
@@ -28,11 +33,6 @@ from mmxai.plugins.llava import (
     tiny_clip_config,
     token_positions,
 )
-from PIL import Image
-
-from mmxai.errors import UnsupportedModelError
-from mmxai.hookspecs import hookimpl
-from mmxai.model import ImageGrid, Inputs
 from mmxai.tiny import random_model, train_tokenizer
 
 #: llava-hf's LLaVA-NeXT (Mistral) template: ``[INST] <image>\n{prompt} [/INST]``.
@@ -145,11 +145,9 @@ class LlavaNext(Llava):
         from transformers import (
             LlavaNextConfig,
             LlavaNextForConditionalGeneration,
+            LlavaNextImageProcessorPil,
             LlavaNextProcessor,
             MistralConfig,
-        )
-        from transformers.models.llava_next.image_processing_pil_llava_next import (
-            LlavaNextImageProcessorPil,
         )
 
         tokenizer = train_tokenizer(["<image>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]"],

@@ -19,11 +19,11 @@ from helpers_models import (
     unnormalise,
     vision_call_shapes,
 )
-from mmxai.plugins.llava import Llava, crop_box
-from mmxai.plugins.llava_next import LlavaNext
 
 from mmxai.errors import InputError
 from mmxai.model import load_model
+from mmxai.plugins.llava import Llava, crop_box
+from mmxai.plugins.llava_next import LlavaNext
 
 FAMILIES = [Llava, LlavaNext]
 SIZES = {"square": [(84, 84)], "wide": [(200, 100)], "two-images": [(150, 100), (60, 130)]}
@@ -100,10 +100,20 @@ def test_llava_box_is_the_centre_crop(llava):
 
 
 def test_crop_box_replays_pad_to_square(llava):
-    """With do_pad the processor pads to a square first: the crop then covers padding."""
+    """With do_pad LLaVA's processor pads to a square first: the crop then covers padding,
+    a quarter of the crop above the image and a quarter below for a 200x100 image."""
     image_processor = llava.processor.image_processor
-    assert crop_box(image_processor, 200, 100, pad_to_square=True) == (0.0, -0.5, 1.0, 1.5)
     assert crop_box(image_processor, 80, 80) == (0.0, 0.0, 1.0, 1.0)
+    image_processor.do_pad = True
+    try:
+        inputs = llava.build_inputs([ramps(200, 100)], PROMPT)
+    finally:
+        image_processor.do_pad = False
+    assert inputs.grids[0].box == (0.0, -0.5, 1.0, 1.5)
+    pixels = unnormalise(inputs.features["pixel_values"][0], image_processor)
+    padding = np.array(image_processor.image_mean) * 255
+    assert np.abs(pixels[:13] - padding).max() < 4.0 and np.abs(pixels[-13:] - padding).max() < 4.0
+    assert np.abs(pixels[15:-15] - padding).max() > 50.0
 
 
 def test_llava_default_vision_layer_is_the_one_the_projector_reads(llava):
