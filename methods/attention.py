@@ -99,6 +99,9 @@ def _image_columns(trace: Trace, rows: torch.Tensor) -> np.ndarray:
 
 
 def _generating_rows(trace: Trace, tokens: Sequence[int]) -> list[int]:
+    bad = [int(j) for j in tokens if not 0 <= int(j) < trace.n_generated]
+    if bad:
+        raise MMXAIError(f"token indices {bad} outside [0, {trace.n_generated})")
     return [trace.generating_position(int(j)) for j in tokens]
 
 

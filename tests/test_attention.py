@@ -157,3 +157,10 @@ def test_bad_rollout_options_are_refused(trace):
         RawAttention(layers=(7,)).explain(trace, [0])
     with pytest.raises(MMXAIError, match="no decoder layer"):
         AttentionRollout(start_layer=9).explain(trace, [0])
+
+
+def test_tokens_outside_the_answer_are_refused(trace):
+    with pytest.raises(MMXAIError, match="outside"):
+        RawAttention().explain(trace, [trace.n_generated])
+    with pytest.raises(MMXAIError, match="outside"):
+        AttentionRollout().explain(trace, [-1])

@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 from transformers.models.llama.modeling_llama import eager_attention_forward as hf_eager
 
-from mmxai.errors import UnsupportedModelError
+from mmxai.errors import MMXAIError, UnsupportedModelError
 from mmxai.explain import explain
 
 
@@ -189,3 +189,9 @@ def test_unknown_blocks_are_refused():
     with pytest.raises(UnsupportedModelError, match="OddNorm"):
         with lrp_rules([Block()], "cp-lrp"):
             pass
+
+
+def test_tokens_outside_the_answer_are_refused(tiny_model):
+    trace = forced(tiny_model("llava"))
+    with pytest.raises(MMXAIError, match="outside"):
+        CPLRP().explain(trace, [trace.n_generated])
