@@ -116,10 +116,16 @@ def test_crop_box_replays_pad_to_square(llava):
     assert np.abs(pixels[15:-15] - padding).max() > 50.0
 
 
-def test_llava_default_vision_layer_is_the_one_the_projector_reads(llava):
-    # vision_feature_layer = -2: hidden_states[-2] is the output of the second-to-last layer
-    assert llava.hf.config.vision_feature_layer == -2
-    assert llava.default_vision_layer() == len(llava.vision_layers()) - 2
+@pytest.mark.parametrize(("feature_layer", "layer"), [(-2, 0), (-1, 1), (1, 0), (2, 1)])
+def test_default_vision_layer_is_the_one_the_projector_reads(feature_layer, layer):
+    """HF hidden_states[k] is the output of layer k - 1 (k > 0) or of layer n + k (k < 0).
+    Nudging the chosen layer's output must reach the LLM; layer 1 is the last of two."""
+    tiny = Llava.tiny(seed=0)
+    assert tiny.hf.config.vision_feature_layer == -2
+    tiny.hf.config.vision_feature_layer = feature_layer
+    assert tiny.default_vision_layer() == layer
+    inputs = tiny.build_inputs([noise(84, 84)], PROMPT)
+    assert assert_vision_map_matches_model(tiny, inputs) == 6
 
 
 def test_llava_token_count_mismatch_is_an_input_error(llava):
