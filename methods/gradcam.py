@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
 
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
+from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
 from mmxai.model import Inputs
 from mmxai.trace import Needs, Trace
 

@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmxai.methods.backprop import leaf_inputs, per_token_gradients, token_logits
 
 from mmxai.errors import UnsupportedModelError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
+from mmxai.methods.backprop import leaf_inputs, per_token_gradients, token_logits
 from mmxai.model import Model
 from mmxai.trace import Needs, Trace
 

@@ -4,10 +4,10 @@ and both end to end on two families."""
 import numpy as np
 import pytest
 from helpers_attribution import FAMILIES, PROMPT, forced, image
-from mmxai.methods.baselines import CentreBaseline, RandomBaseline, centre_gaussian
 
 from mmxai.errors import MMXAIError
 from mmxai.explain import explain
+from mmxai.methods.baselines import CentreBaseline, RandomBaseline, centre_gaussian
 from mmxai.model import ImageGrid
 
 

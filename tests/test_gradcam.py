@@ -6,10 +6,10 @@ import pytest
 import torch
 from captum._utils.gradient import compute_layer_gradients_and_eval
 from helpers_attribution import FAMILIES, PROMPT, forced, image
-from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
-from mmxai.methods.gradcam import GradCAM, gradcam_scores, image_sections, layer_gradcam
 
 from mmxai.explain import explain
+from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
+from mmxai.methods.gradcam import GradCAM, gradcam_scores, image_sections, layer_gradcam
 from mmxai.model import Inputs
 from mmxai.trace import forced_features
 

@@ -6,6 +6,12 @@ import numpy as np
 import pytest
 import torch
 from helpers_attribution import FAMILIES, PROMPT, forced, image
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+from transformers.models.llama.modeling_llama import eager_attention_forward as hf_eager
+
+from mmxai.errors import MMXAIError, UnsupportedModelError
+from mmxai.explain import explain
 from mmxai.methods.backprop import leaf_inputs, token_logits
 from mmxai.methods.lrp import (
     CPLRP,
@@ -17,12 +23,6 @@ from mmxai.methods.lrp import (
     lrp_rules,
     relevance,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
-from transformers.models.llama.modeling_llama import eager_attention_forward as hf_eager
-
-from mmxai.errors import MMXAIError, UnsupportedModelError
-from mmxai.explain import explain
 
 
 def grad_x_input(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
