@@ -61,8 +61,14 @@ def to_image(flat_map: np.ndarray, grids: Sequence[ImageGrid], image: int,
         if bottom <= top or right <= left:
             continue
         block = flat_map[grid.offset:grid.offset + grid.size].reshape(grid.shape)
-        total[top:bottom, left:right] += resize(block, (bottom - top, right - left))
-        count[top:bottom, left:right] += 1
+        painted = resize(block, (bottom - top, right - left))
+        # a box may reach outside the image (a processor that pads to a square first)
+        t, b = max(top, 0), min(bottom, height)
+        lft, rgt = max(left, 0), min(right, width)
+        if b <= t or rgt <= lft:
+            continue
+        total[t:b, lft:rgt] += painted[t - top:b - top, lft - left:rgt - left]
+        count[t:b, lft:rgt] += 1
     return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
 
