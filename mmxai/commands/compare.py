@@ -127,7 +127,7 @@ def model_label(spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    console = Console(soft_wrap=True)
     dataset_cls = (manager().get("datasets", args.dataset) if args.dataset
                    else default_benchmark())
     models = args.models or []

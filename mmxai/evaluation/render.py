@@ -29,12 +29,12 @@ FILES = ("leaderboard.md", "leaderboard.tex", "leaderboard.csv", "leaderboard.js
 
 
 def _decimals(values: list[float]) -> int:
-    """Digits after the point giving about three significant digits to the column's largest
-    magnitude (0.412 -> 3, 0.0012 -> 5, 153.2 -> 0)."""
+    """Digits after the point giving about three significant digits to the column's smallest
+    magnitude (0.412 -> 3, 0.0012 -> 5, 153.2 -> 0), at most 6."""
     finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
     if not finite:
         return 3
-    return int(min(6, max(0, 2 - math.floor(math.log10(max(finite))))))
+    return int(min(6, max(0, 2 - math.floor(math.log10(min(finite))))))
 
 
 def _number(value: float, decimals: int) -> str:

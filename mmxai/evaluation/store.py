@@ -133,8 +133,10 @@ class ResultStore:
         ]
         with self._db:
             before = self._db.total_changes
+            # Only a key conflict is skipped; any other constraint aborts the transaction.
             self._db.executemany(
-                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values
+                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                "(model, dataset, method, options_hash, sample_id, metric) DO NOTHING", values
             )
             return self._db.total_changes - before
 
