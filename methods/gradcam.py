@@ -10,10 +10,14 @@ the LLM grid through the adapter (``Model.vision_tokens_to_grids``: CLS dropped,
 merge groups averaged, ...).
 
 captum's ``LayerGradCam`` is not used: it pools over dim 1 as if it were channels, which on
-(B, N, C) ViT tokens gives a (1, 1, C) "map". captum's ``compute_layer_gradients_and_eval``
-gives the right tensors but runs one forward pass per target and keeps one call of the
-layer per device; here one forward pass serves every token (one backward each), and every
-call of the layer is kept, as ``vision_tokens_to_grids`` expects.
+(B, N, C) ViT tokens gives a (1, 1, C) "map". Two engines compute the gradients:
+
+- ``engine="backward"`` (default): one teacher-forced forward pass serves every token, one
+  backward each, and every call of the layer is kept, as ``vision_tokens_to_grids`` expects;
+- ``engine="captum"``: captum's ``compute_layer_gradients_and_eval``, which runs a forward
+  and a backward per token and keeps one call of the layer (enough for every adapter here,
+  whose towers run once per forward). Slower; the same maps (tested), for users who want
+  captum's machinery in the loop.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
 from mmxai.model import Inputs
-from mmxai.trace import Needs, Trace
+from mmxai.trace import Needs, Trace, forced_features
 
 
 def gradcam_scores(grads: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
@@ -67,6 +72,8 @@ def layer_gradcam(grads: torch.Tensor, acts: torch.Tensor, inputs: Inputs) -> to
 class GradCAMOptions:
     #: Index into ``model.vision_layers()``; None: the layer that feeds the projector.
     layer: int | None = None
+    #: "backward" (one forward, a backward per token) or "captum" (captum's utilities).
+    engine: str = "backward"
 
 
 class GradCAM(Method):
@@ -90,14 +97,38 @@ class GradCAM(Method):
         n_image = len(trace.image_positions)
         if not len(tokens):
             return np.zeros((0, n_image), dtype=np.float32)
-        with leaf_outputs(layers[index]) as acts:
-            logits = token_logits(trace, tokens)
+        if self.options.engine == "captum":
+            pairs = captum_gradients(trace, layers[index], tokens)
+        elif self.options.engine == "backward":
+            with leaf_outputs(layers[index]) as acts:
+                logits = token_logits(trace, tokens)
+            pairs = ((grads, acts) for grads in per_token_gradients(logits, acts))
+        else:
+            raise MMXAIError(f"gradcam: engine must be 'backward' or 'captum', "
+                             f"got {self.options.engine!r}")
         maps = []
-        for grads in per_token_gradients(logits, acts):
+        for grads, acts in pairs:
             scores = [layer_gradcam(g, a.detach(), trace.inputs)
                       for g, a in zip(grads, acts, strict=True)]
             maps.append(model.vision_tokens_to_grids(scores, trace.inputs).detach().float().cpu())
         return torch.stack(maps).numpy().astype(np.float32)
+
+
+def captum_gradients(trace: Trace, layer: torch.nn.Module, tokens: Sequence[int]):
+    """Per token, captum's (gradients, activations) of ``layer``: a forward+backward each."""
+    from captum._utils.gradient import compute_layer_gradients_and_eval
+
+    features = forced_features(trace.inputs, trace.sequence[:-1])
+    for j in tokens:
+        position, target = trace.generating_position(int(j)), trace.generated_ids[int(j)]
+
+        def forward(input_ids, position=position, target=target):
+            out = trace.model.hf(**{**features, "input_ids": input_ids}, use_cache=False,
+                                 logits_to_keep=torch.tensor([position]))
+            return out.logits[:, 0, target].float()
+
+        grads, acts = compute_layer_gradients_and_eval(forward, layer, features["input_ids"])
+        yield list(grads), list(acts)
 
 
 @hookimpl

@@ -127,3 +127,12 @@ def test_a_layer_the_projector_never_reads_explains_nothing(tiny_model):
     trace = forced(model)
     np.testing.assert_array_equal(GradCAM(layer=1).explain(trace, [0, 1]), 0)
     assert (GradCAM().explain(trace, [0, 1]) > 0).any()
+
+
+def test_captum_engine_gives_the_same_maps(model):
+    trace = forced(model)
+    tokens = list(range(trace.n_generated))
+    ours = GradCAM().explain(trace, tokens)
+    through_captum = GradCAM(engine="captum").explain(trace, tokens)
+    np.testing.assert_allclose(through_captum, ours, rtol=1e-4, atol=1e-6)
+    assert (ours > 0).any()
