@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +186,11 @@ def test_every_public_name_resolves():
         assert getattr(mmxai, name) is not None, name
     with pytest.raises(AttributeError):
         _ = mmxai.no_such_name
+
+
+def test_help_is_fast_because_it_imports_no_torch():
+    script = ("import sys; from mmxai.cli import main; code = main(['--help']); "
+              "sys.exit(code or ('torch' in sys.modules and 3))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "explain" in done.stdout
