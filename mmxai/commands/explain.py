@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: mmxai-out)")
     parser.add_argument("--option", dest="options", action="append", default=[],
                         metavar="METHOD.KEY=VALUE",
-                        help="a method option, e.g. tam.rank_gaussian=false (repeatable)")
+                        help="a method option, e.g. tam.eci=false (repeatable)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the checkpoint's own Python code to run")
