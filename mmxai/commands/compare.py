@@ -135,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         default = getattr(dataset_cls, "default_model", None)
         if not default:
             raise MMXAIError(f"dataset {dataset_cls.name!r} has no default_model; pass --model")
+        if Path(str(default)).is_absolute() and not Path(str(default)).exists():
+            raise MMXAIError(f"dataset {dataset_cls.name!r} names default_model {default}, "
+                             "which does not exist; pass --model")
         models = [str(default)]
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
