@@ -187,12 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     inputs = [model.build_inputs([im], PROMPT) for im in pictures]
     tokens = args.max_new_tokens
     generate = dict(max_new_tokens=tokens, min_new_tokens=tokens)
+    # what generate_trace passes too, so "bare" differs from "trace" by the recording only
+    plain = dict(do_sample=False, num_beams=1, return_dict_in_generate=True, **generate)
     timer = Timer(device)
 
     def bare() -> None:
         with torch.no_grad():
             for x in inputs:
-                model.hf.generate(**x.features, do_sample=False, **generate)
+                model.hf.generate(**x.features, **plain)
 
     def bare_batched() -> None:
         from mmxai.plugins.faithfulness import _stack
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             for i in range(0, len(inputs), args.batch):
                 chunk = _stack([x.features for x in inputs[i:i + args.batch]])
-                model.hf.generate(**chunk, do_sample=False, **generate)
+                model.hf.generate(**chunk, **plain)
 
     def traced(chosen: list[Method], explain: bool = True) -> Callable[[], None]:
         needs = Needs()

@@ -238,7 +238,10 @@ def test_bad_samples_are_reported_counted_and_the_rest_complete(tmp_path, tiny_m
     for healthy in ("0", "1", "5"):
         assert status[(healthy, "tam", "obj-iou")][0] == "ok"
     printed = console.export_text()
-    assert "failed tam · obj-iou: sample 4: mask is 32×24" in printed
+    assert "failed sample 4: mask is 32×24 but the image is 64×48 (tam · obj-iou)" in printed
+    corrupt = [line for line in printed.splitlines() if line.startswith("failed sample 2:")]
+    assert len(corrupt) == 1 and "corrupt.jpg" in corrupt[0]  # one line per cause
+    assert "(tam · obj-iou, tam · seconds-per-token, tam · picky and 3 more)" in printed
     assert summary.failed_samples == {"0", "2", "3", "4", "5"}
     board = leaderboard([tmp_path / "r.sqlite"], n_boot=50)
     tam = next(r for r in board.rows if r.key.method == "tam")

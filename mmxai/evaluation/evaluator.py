@@ -154,6 +154,20 @@ def _failure(sid: str, cause: str) -> str:
     return cause if cause.startswith(f"sample {sid}:") else f"sample {sid}: {cause}"
 
 
+def _failures(rows: Sequence[Row]) -> dict[str, list[str]]:
+    """error -> the "method · metric" cells it failed, so one cause prints once."""
+    by_error: dict[str, list[str]] = {}
+    for row in rows:
+        if row.status == "failed":
+            by_error.setdefault(row.error or "", []).append(f"{row.key.method} · {row.metric}")
+    return by_error
+
+
+def _few(names: Sequence[str], shown: int = 3) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def _check_maps(maps: np.ndarray, trace: Trace) -> None:
     expected = (trace.n_generated, len(trace.image_positions))
     if maps.shape != expected:
@@ -258,12 +272,11 @@ class Evaluator:
                 rows = self.evaluate_sample(model, index, sample, todo, keys)
                 self.store.write(rows)
                 summary.evaluated += 1
-                for row in rows:
-                    if row.status == "failed":
-                        line = f"{row.key.method} · {row.metric}: {row.error}"
-                        summary.failures.append(line)
-                        summary.failed_samples.add(sample.id)
-                        bar.console.print(f"[red]failed[/] {escape(line)}", soft_wrap=True)
+                for error, where in _failures(rows).items():
+                    summary.failures += [f"{w}: {error}" for w in where]
+                    summary.failed_samples.add(sample.id)
+                    bar.console.print(f"[red]failed[/] {escape(error)} [dim]({escape(_few(where))})"
+                                      "[/dim]", soft_wrap=True)
                 bar.advance(task)
         return summary
 
