@@ -163,11 +163,11 @@ def _finish(model: Model, inputs: Inputs, sequence: torch.Tensor,
     layers = {int(k[5:]): torch.cat(v, dim=0)[:n] for k, v in store.items()}
     layers = {**layers, **{i - n_layers: layers[i] for i in list(layers)}}
     trace = Trace(model, inputs, sequence.detach().cpu(), hidden, layers, attentions)
-    prompt_len = trace.prompt_len
-    gen_hidden = hidden[prompt_len - 1:]
+    gen_hidden = hidden[trace.prompt_len - 1:]
     if gen_hidden.shape[0]:
         w = model.unembedding()
-        logits = (gen_hidden.to(w.dtype) @ w.T).float()  # (G, V): transient, G rows only
+        with torch.no_grad():
+            logits = (gen_hidden.to(w.dtype) @ w.T).float()  # (G, V): transient, G rows only
         trace.logsumexp = torch.logsumexp(logits, dim=-1)
         if needs.topk:
             values, ids = logits.topk(min(needs.topk, logits.shape[-1]), dim=-1)
