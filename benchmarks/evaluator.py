@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmxai.commands.compare import open_model
+from mmxai.commands.common import open_model
 from mmxai.commands.tiny import find_family
 from mmxai.explain import make_method
 from mmxai.method import Method

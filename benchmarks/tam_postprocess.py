@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 import torch
-from mmxai.methods.tam import postprocess
 
+from mmxai.methods.tam import postprocess
 from mmxai.model import ImageGrid, stack_grids
 
 # Qwen2-VL-2B-Instruct: hidden size, vocabulary, and the chat template's text around a

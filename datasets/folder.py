@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mmxai.datasets.tam_formats import COCO_PROMPT, FileDataset, file_fingerprint, read_json
 
 from mmxai.dataset import Sample
+from mmxai.datasets.tam_formats import COCO_PROMPT, FileDataset, file_fingerprint, read_json
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 

@@ -6,7 +6,7 @@ validation and name clashes (the pattern of simonw/llm).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 
@@ -18,7 +18,7 @@ Register = Callable[..., None]
 
 @hookspec
 def register_models(register: Register) -> None:
-    """Register model adapters: ``register(AdapterClass)``; keyed by ``AdapterClass.architectures``."""
+    """Register model adapters: ``register(Adapter)``; keyed by ``Adapter.architectures``."""
 
 
 @hookspec

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from mmxai.datasets.tam_formats import TAM_BIBTEX
 from skimage.filters import threshold_otsu
 
+from mmxai.datasets.tam_formats import TAM_BIBTEX
 from mmxai.hookspecs import hookimpl
 from mmxai.maps import minmax, resize, to_image
 from mmxai.metric import EvalItem, Metric, Parts

@@ -31,7 +31,6 @@ from mmxai.commands.tiny import families as _families
 from mmxai.commands.tiny import find_family, save_demo_image, save_tiny
 from mmxai.model import Model
 
-
 # Tiny models are all overhead: more threads only contend (20x slower on a loaded 2-core box).
 torch.set_num_threads(1)
 

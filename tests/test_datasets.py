@@ -15,6 +15,9 @@ from fixtures.tam_fixture import (
     write_grandf_fixture,
     write_openpsg_fixture,
 )
+from PIL import Image
+
+from mmxai.dataset import Sample, load_image, load_mask
 from mmxai.datasets.folder import ImageFolder
 from mmxai.datasets.tam_formats import (
     COCO_PROMPT,
@@ -24,9 +27,6 @@ from mmxai.datasets.tam_formats import (
     GranDf,
     OpenPSG,
 )
-from PIL import Image
-
-from mmxai.dataset import Sample, load_image, load_mask
 from mmxai.errors import InputError
 from mmxai.registry import PluginManager
 from mmxai.words import COCO_CATEGORIES

@@ -5,6 +5,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from mmxai.metric import EvalItem
+from mmxai.model import ImageGrid
 from mmxai.plugins.localisation import (
     F1IoU,
     FuncIoU,
@@ -16,9 +19,6 @@ from mmxai.plugins.localisation import (
     otsu,
     quantise,
 )
-
-from mmxai.metric import EvalItem
-from mmxai.model import ImageGrid
 from mmxai.registry import PluginManager
 from mmxai.words import Word
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from helpers_tam import Layout, random_trace
-from mmxai.methods.logit_lens import LogitLens
 
+from mmxai.methods.logit_lens import LogitLens
 from mmxai.registry import manager
 from mmxai.trace import Needs
 

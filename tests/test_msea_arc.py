@@ -3,6 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from mmxai.explain import explain_many
+from mmxai.maps import resample
 from mmxai.methods import msea_arc
 from mmxai.methods.msea_arc import (
     ARCOptions,
@@ -13,10 +17,6 @@ from mmxai.methods.msea_arc import (
     scale_image,
     to_original,
 )
-from PIL import Image
-
-from mmxai.explain import explain_many
-from mmxai.maps import resample
 from mmxai.ops import lstsq_scale, rank_gaussian_filter
 from mmxai.registry import manager
 from mmxai.trace import generate_trace

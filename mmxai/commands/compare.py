@@ -15,13 +15,11 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-from mmxai.commands.explain import parse_options
-from mmxai.commands.tiny import find_family
+from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
 from mmxai.dataset import Dataset
-from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
+from mmxai.errors import InputError, MMXAIError
 from mmxai.evaluation import (
     Evaluator,
     NamedMetric,
@@ -33,10 +31,7 @@ from mmxai.evaluation import (
     write_all,
 )
 from mmxai.explain import make_method
-from mmxai.model import Model, load_model
 from mmxai.registry import manager
-
-TINY = "tiny:"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,37 +85,6 @@ def default_benchmark() -> type[Dataset]:
     return found[0]
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec != "auto":
-        return torch.device(spec)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def _dtype(spec: str) -> torch.dtype | str:
-    if spec == "auto":
-        return "auto"
-    dtype = getattr(torch, spec, None)
-    if not isinstance(dtype, torch.dtype):
-        raise InputError(f"--dtype {spec!r}: expected auto, float32, bfloat16 or float16")
-    return dtype
-
-
-def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto",
-               trust_remote_code: bool = False) -> Model:
-    """A model from a hub name, a local folder, or ``tiny:<family>``."""
-    if spec.startswith(TINY):
-        model = find_family(spec[len(TINY):]).tiny()
-        model.hf.to(device=device, dtype=None if dtype == "auto" else dtype)
-        return model
-    try:
-        return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc
-
-
 def model_label(spec: str) -> str:
     """How a model is keyed in the store: the spec, with a local folder's path normalised."""
     return os.path.normpath(spec) if Path(spec).is_dir() else spec
@@ -161,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                               shard=shard, seed=args.seed, progress=not args.no_progress)
         for spec in models:
             with console.status(f"loading {spec}"):
-                model = open_model(spec, device, _dtype(args.dtype), args.trust_remote_code)
+                model = open_model(spec, device, parse_dtype(args.dtype), args.trust_remote_code)
             summary = evaluator.run(model, model_label(spec))
             console.print(_summary_line(summary, shard))
             del model

@@ -17,7 +17,6 @@ import argparse
 import html
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,16 +25,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from mmxai import render
-from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
+from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
+from mmxai.errors import InputError
 from mmxai.explain import Explanation, explain_many, load_image, make_method
-from mmxai.model import Model, load_model
 
 DEFAULT_METHOD = "tam"
 HEATMAP_SIDE = 192  # maps are smooth: the page needs no more pixels than this
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="hub name (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
+    parser.add_argument("model", help="hub name (e.g. Qwen/Qwen2-VL-2B-Instruct), local folder "
+                                      "or tiny:<family>")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s)")
     parser.add_argument("--prompt", default="Describe the image.", help="the user prompt")
     parser.add_argument("--method", dest="methods", action="extend", nargs="+", metavar="NAME",
@@ -47,38 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", dest="options", action="append", default=[],
                         metavar="METHOD.KEY=VALUE",
                         help="a method option, e.g. tam.eci=false (repeatable)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device; auto: cuda if available, else cpu")
+    parser.add_argument("--dtype", default="auto",
+                        help="model dtype: auto, float32, bfloat16 or float16")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the checkpoint's own Python code to run")
-
-
-def parse_options(specs: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """``["tam.alpha=0.5"]`` -> ``{"tam": {"alpha": 0.5}}``; values are read as JSON if
-    they parse (numbers, true/false, lists), else kept as strings."""
-    options: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        key, sep, raw = spec.partition("=")
-        method, dot, name = key.partition(".")
-        if not (sep and dot and method and name):
-            raise MMXAIError(f"--option {spec!r}: expected METHOD.KEY=VALUE")
-        if method not in methods:
-            raise MMXAIError(f"--option {spec!r}: method {method!r} is not run "
-                             f"(methods: {', '.join(methods)})")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        options.setdefault(method, {})[name] = value
-    return options
-
-
-def _load(args: argparse.Namespace) -> Model:
-    try:
-        return load_model(args.model, device=args.device,
-                          trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as exc:  # missing weights or processor files in the folder
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"cannot load model {args.model!r}: {first}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"loading {args.model}", total=2 + 2 * len(instances))
-        model = _load(args)
+        model = open_model(args.model, resolve_device(args.device), parse_dtype(args.dtype),
+                           args.trust_remote_code)
 
         def on_step(step: str) -> None:  # a step starts: the one before it is done
             label = "tracing (one generation for all methods)" if step == "trace" else step

@@ -1,0 +1,66 @@
+"""What the commands share: opening a model, devices and dtypes, method options."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+from mmxai.commands.tiny import find_family
+from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
+from mmxai.model import Model, load_model
+
+TINY = "tiny:"
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec != "auto":
+        return torch.device(spec)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def parse_dtype(spec: str) -> torch.dtype | str:
+    if spec == "auto":
+        return "auto"
+    dtype = getattr(torch, spec, None)
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"--dtype {spec!r}: expected auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto",
+               trust_remote_code: bool = False) -> Model:
+    """A model from a hub name, a local folder, or ``tiny:<family>``."""
+    if spec.startswith(TINY):
+        model = find_family(spec[len(TINY):]).tiny()
+        model.hf.to(device=device, dtype=None if dtype == "auto" else dtype)
+        return model
+    try:
+        return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc
+
+
+def parse_options(specs: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``["tam.alpha=0.5"]`` -> ``{"tam": {"alpha": 0.5}}``; values are read as JSON if
+    they parse (numbers, true/false, lists), else kept as strings."""
+    options: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key, sep, raw = spec.partition("=")
+        method, dot, name = key.partition(".")
+        if not (sep and dot and method and name):
+            raise MMXAIError(f"--option {spec!r}: expected METHOD.KEY=VALUE")
+        if method not in methods:
+            raise MMXAIError(f"--option {spec!r}: method {method!r} is not run "
+                             f"(methods: {', '.join(methods)})")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        options.setdefault(method, {})[name] = value
+    return options
