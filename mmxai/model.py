@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from mmxai.errors import UnsupportedModelError
+from mmxai.errors import InputError, UnsupportedModelError
 
 
 @dataclass
@@ -91,6 +92,8 @@ class Model:
     architectures: ClassVar[tuple[str, ...]] = ()
     #: (height, width) of the canvas a fixed-resolution model needs; None for native sizes.
     fixed_size: ClassVar[tuple[int, int] | None] = None
+    #: Whether several samples may share one left-padded ``generate`` call (:meth:`collate`).
+    supports_batching: ClassVar[bool] = True
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any, model_id: str | None = None,
                  revision: str | None = None) -> None:
@@ -162,6 +165,43 @@ class Model:
         grids = stack_grids(self.image_grids(features, images))
         prompt_positions = self.locate_prompt(features["input_ids"][0], prompt, len(images))
         return Inputs(features, images, prompt, grids, prompt_positions)
+
+    def pad_token_id(self) -> int:
+        """The id that left-pads a batch: the generation config's, the tokenizer's, or EOS."""
+        for token_id in (self.hf.generation_config.pad_token_id, self.tokenizer.pad_token_id,
+                         self.hf.generation_config.eos_token_id):
+            if isinstance(token_id, (list, tuple)):
+                token_id = token_id[0] if token_id else None
+            if token_id is not None:
+                return int(token_id)
+        return 0
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Several samples' ``Inputs.features`` as one left-padded batch for ``generate``.
+
+        Per-token tensors, (1, L_i) like ``input_ids``, are left-padded to the longest L:
+        ``input_ids`` with :meth:`pad_token_id`, the rest (attention mask, token types) with 0,
+        so the attention mask hides the padding. Every other tensor is concatenated along
+        dim 0, which stacks images in sample order: Qwen's (N_patches, C) ``pixel_values``
+        and (n_images, 3) ``image_grid_thw``, LLaVA's (n_images, 3, H, W), InternVL's
+        (n_tiles, 3, H, W). Adapters whose image tensors need more override this.
+        """
+        keys = set(features[0])
+        if any(set(f) != keys for f in features):
+            raise InputError("samples with different processor outputs cannot share a batch")
+        lengths = [int(f["input_ids"].shape[1]) for f in features]
+        width = max(lengths)
+        batch: dict[str, Any] = {}
+        for key, value in features[0].items():
+            if not torch.is_tensor(value):
+                batch[key] = value
+            elif all(f[key].shape == (1, n) for f, n in zip(features, lengths, strict=True)):
+                fill = self.pad_token_id() if key == "input_ids" else 0
+                batch[key] = torch.cat([F.pad(f[key], (width - n, 0), value=fill)
+                                        for f, n in zip(features, lengths, strict=True)])
+            else:
+                batch[key] = torch.cat([f[key] for f in features])
+        return batch
 
     def locate_prompt(self, input_ids: torch.Tensor, prompt: str, n_images: int) -> np.ndarray:
         """Positions of the user prompt's tokens, found by diffing two templated chats.

@@ -130,13 +130,13 @@ class Trace:
 
 @contextmanager
 def _capture(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Record each module's output (first element of a tuple) on every call."""
+    """Record each module's output (first element of a tuple), (B, q, d), on every call."""
     store: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
     handles = []
     for key, module in modules.items():
         def hook(_m, _i, out, key=key):
             out = out[0] if isinstance(out, (tuple, list)) else out
-            store[key].append(out.detach()[0].float())
+            store[key].append(out.detach())
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -154,13 +154,19 @@ def _modules(model: Model, needs: Needs) -> dict[str, torch.nn.Module]:
     return modules
 
 
+def _rows(steps: Sequence[torch.Tensor], sample: int, pad: int, n: int) -> torch.Tensor:
+    """One sample's (n, d) float32 states from per-step (B, q, d) captures, padding dropped."""
+    return torch.cat([step[sample] for step in steps])[pad:pad + n].float()
+
+
 def _finish(model: Model, inputs: Inputs, sequence: torch.Tensor,
             store: dict[str, list[torch.Tensor]], attentions: list[torch.Tensor] | None,
-            needs: Needs) -> Trace:
+            needs: Needs, sample: int = 0, pad: int = 0) -> Trace:
+    """The trace of row ``sample`` of a batch whose prompt was left-padded by ``pad``."""
     n = int(sequence.shape[0]) - 1
-    hidden = torch.cat(store.pop("final"), dim=0)[:n]
+    hidden = _rows(store["final"], sample, pad, n)
     n_layers = len(model.decoder_layers())
-    layers = {int(k[5:]): torch.cat(v, dim=0)[:n] for k, v in store.items()}
+    layers = {int(k[5:]): _rows(v, sample, pad, n) for k, v in store.items() if k != "final"}
     layers = {**layers, **{i - n_layers: layers[i] for i in list(layers)}}
     trace = Trace(model, inputs, sequence.detach().cpu(), hidden, layers, attentions)
     gen_hidden = hidden[trace.prompt_len - 1:]
@@ -175,39 +181,77 @@ def _finish(model: Model, inputs: Inputs, sequence: torch.Tensor,
     return trace
 
 
-def _assemble_attentions(steps: Sequence[Sequence[torch.Tensor]], n: int) -> list[torch.Tensor]:
-    """Stitch generate's per-step attentions into (heads, n, n) matrices per layer."""
+def _assemble_attentions(steps: Sequence[Sequence[torch.Tensor]], n: int, sample: int = 0,
+                         pad: int = 0) -> list[torch.Tensor]:
+    """Stitch generate's per-step attentions, (B, heads, q, k) per layer, into (heads, n, n)
+    matrices per layer for row ``sample``, dropping its ``pad`` left-padding rows and keys."""
     per_layer = []
     for layer in range(len(steps[0])):
         heads = steps[0][layer].shape[1]
         full = torch.zeros(heads, n, n)
-        row = 0
+        row = -pad  # the sample's own position of the step's first query row
         for step in steps:
-            block = step[layer][0].float()  # (heads, q, k)
-            q, k = block.shape[1], block.shape[2]
-            rows = min(q, n - row)
-            if rows <= 0:
+            block = step[layer][sample, :, :, pad:pad + n].float()  # (heads, q, keys)
+            first, last = max(0, -row), min(block.shape[1], n - row)
+            if last > first:
+                full[:, row + first:row + last, :block.shape[2]] = block[:, first:last]
+            row += block.shape[1]
+            if row >= n:
                 break
-            full[:, row:row + rows, : min(k, n)] = block[:, :rows, :n]
-            row += rows
         per_layer.append(full)
     return per_layer
+
+
+def _until_eos(generated: torch.Tensor, eos: set[int]) -> torch.Tensor:
+    """Generated ids up to and including the first EOS: what follows in a batch is padding."""
+    hits = [j for j, t in enumerate(generated.tolist()) if t in eos]
+    return generated[:hits[0] + 1] if hits else generated
+
+
+def _eos_ids(model: Model, kwargs: dict) -> set[int]:
+    eos = kwargs.get("eos_token_id", model.hf.generation_config.eos_token_id)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def generate_traces(model: Model, inputs: Sequence[Inputs], needs: Needs = Needs(),
+                    max_new_tokens: int = 32, **generate_kwargs) -> list[Trace]:
+    """Generate greedily for several samples in ONE ``generate`` call; one trace per sample.
+
+    Each sample's :class:`~mmxai.model.Inputs` is built on its own (``model.build_inputs``),
+    so its grids and positions are relative to its own unpadded sequence; here the prompts
+    are left-padded and the images combined by ``model.collate``, and each trace is cut back
+    to its sample: padding dropped, generation ended at the sample's first EOS (kept), as
+    :func:`generate_trace` would have ended it.
+    """
+    if needs.attentions:
+        model.set_eager_attention()
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                  return_dict_in_generate=True, output_attentions=needs.attentions,
+                  pad_token_id=model.pad_token_id())
+    kwargs.update(generate_kwargs)
+    features = model.collate([x.features for x in inputs])
+    with torch.no_grad(), _capture(_modules(model, needs)) as store:
+        out = model.hf.generate(**features, **kwargs)
+    width = int(features["input_ids"].shape[1])
+    eos = _eos_ids(model, kwargs)
+    traces = []
+    for sample, x in enumerate(inputs):
+        pad = width - int(x.input_ids.shape[0])
+        generated = _until_eos(out.sequences[sample, width:], eos)
+        sequence = torch.cat([out.sequences[sample, pad:width], generated])
+        n = int(sequence.shape[0]) - 1
+        attentions = (_assemble_attentions(out.attentions, n, sample, pad)
+                      if needs.attentions else None)
+        traces.append(_finish(model, x, sequence, store, attentions, needs, sample, pad))
+    return traces
 
 
 def generate_trace(model: Model, inputs: Inputs, needs: Needs = Needs(),
                    max_new_tokens: int = 32, **generate_kwargs) -> Trace:
     """Generate greedily once and record what ``needs`` asks for on the way."""
-    if needs.attentions:
-        model.set_eager_attention()
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                  return_dict_in_generate=True, output_attentions=needs.attentions)
-    kwargs.update(generate_kwargs)
-    with torch.no_grad(), _capture(_modules(model, needs)) as store:
-        out = model.hf.generate(**inputs.features, **kwargs)
-    sequence = out.sequences[0]
-    n = int(sequence.shape[0]) - 1
-    attentions = _assemble_attentions(out.attentions, n) if needs.attentions else None
-    return _finish(model, inputs, sequence, store, attentions, needs)
+    return generate_traces(model, [inputs], needs, max_new_tokens, **generate_kwargs)[0]
 
 
 def forced_features(inputs: Inputs, sequence: torch.Tensor) -> dict:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from mmxai.errors import UnsupportedModelError
@@ -117,6 +118,19 @@ class LlavaNext(Llava):
                                    shape=(int(grid.shape[0]), int(grid.shape[1])),
                                    kind="highres"))
         return grids
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """As :meth:`Model.collate`, with ``pixel_values`` (n_images, n_crops, 3, H, W)
+        zero-padded along the crops first: images of other aspect ratios have other tile
+        counts, and the model keeps each image's first ``1 + n_tiles`` crops (from
+        ``image_sizes``, concatenated with them), as it does for the processor's own padding.
+        """
+        most = max((f["pixel_values"].shape[1] for f in features if "pixel_values" in f),
+                   default=0)
+        padded = [{**f, "pixel_values": F.pad(f["pixel_values"], (0,) * 7 + (most - n,))}
+                  if "pixel_values" in f and (n := f["pixel_values"].shape[1]) < most else f
+                  for f in features]
+        return super().collate(padded)
 
     def vision_tokens_to_grids(self, scores: Sequence[torch.Tensor],
                                inputs: Inputs) -> torch.Tensor:
