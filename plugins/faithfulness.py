@@ -12,9 +12,10 @@ The plan per sample, shared by every method and both metrics:
 
 - the end points (original image, full baseline) are one teacher-forced pass each over the
   whole answer, cached on the trace: every token's probability comes out of it;
-- each intermediate step is one pass truncated after token j's generating position; the
-  ``steps - 1`` masked images of one token go through the model as one batch (``batch``
-  images per pass; a family whose inputs do not stack is run image by image);
+- every masked image of every explained token is teacher-forced over the whole answer (a
+  causal model's logits at token j's generating position do not depend on what follows),
+  so the masked images of all tokens go through the model together, ``batch`` images per
+  pass (a family whose inputs do not stack is run image by image);
 - explained tokens: the tokens of the answer's nouns (``mmxai.words``), else every
   generated token but special ones, at most ``max_tokens`` (the same tokens for every method,
   so methods stay paired).
@@ -49,7 +50,7 @@ class PerturbationOptions:
     steps: int = 8  # the curve has steps + 1 points, from 0% to 100% of the pixels
     baseline: str = ""  # "blur", "mean" or "black"; empty: the metric's default
     max_tokens: int = 4  # explained tokens per sample
-    batch: int = 8  # masked images per forward pass
+    batch: int = 32  # masked images per forward pass
 
 
 def auc(curve: np.ndarray) -> float:
@@ -114,7 +115,7 @@ def answer_probabilities(trace: Trace, baseline: str | None) -> np.ndarray:
         ids = forced.generated_ids.tolist()
         positions = [forced.generating_position(j) for j in range(len(ids))]
         logits = forced.logits(ids, positions).diagonal().cpu()
-        log_z = forced.logsumexp.detach().cpu()  # computed outside no_grad by the core
+        log_z = forced.logsumexp.cpu()
         trace.cache[key] = torch.exp(logits - log_z).numpy()
     return trace.cache[key]
 
@@ -125,29 +126,39 @@ def _stack(features: list[dict[str, Any]]) -> dict[str, Any]:
             else value for key, value in features[0].items()}
 
 
-def token_probabilities(model: Model, variants: list[Inputs], prefix: torch.Tensor,
-                        token: int, batch: int) -> np.ndarray:
-    """(len(variants),) probability of ``token`` after ``prefix`` under each input variant.
+def token_probabilities(model: Model, variants: list[Inputs], sequence: torch.Tensor,
+                        positions: list[int], batch: int) -> np.ndarray:
+    """(len(variants),) probability, under variant i, of ``sequence[positions[i] + 1]``
+    read at ``positions[i]``, teacher-forcing ``sequence`` (without its last token).
 
-    ``prefix`` ends at the token's generating position, so only the last position's logits
-    are computed. Variants go through the model ``batch`` at a time when their features
-    stack; else one by one.
+    Variants go through the model ``batch`` at a time when their features stack; else one
+    by one. Only the logits at the positions asked for are computed.
     """
-    features = [forced_features(v, prefix) for v in variants]
-    chunks = [features[i:i + batch] for i in range(0, len(features), max(1, batch))]
+    features = [forced_features(v, sequence[:-1]) for v in variants]
     out = []
-    for chunk in chunks:
+    for start in range(0, len(features), max(1, batch)):
+        chunk = features[start:start + max(1, batch)]
+        wanted = positions[start:start + len(chunk)]
         try:
-            out.append(_last_log_probs(model, _stack(chunk), token))
+            out.append(_log_probs(model, _stack(chunk), sequence, wanted))
         except (RuntimeError, ValueError, IndexError):  # inputs that do not stack
-            out.extend(_last_log_probs(model, f, token) for f in chunk)
+            out.extend(_log_probs(model, f, sequence, [q]) for f, q in zip(chunk, wanted,
+                                                                          strict=True))
     return np.exp(np.concatenate([np.atleast_1d(o) for o in out]))
 
 
-def _last_log_probs(model: Model, features: dict[str, Any], token: int) -> np.ndarray:
+def _log_probs(model: Model, features: dict[str, Any], sequence: torch.Tensor,
+               positions: list[int]) -> np.ndarray:
+    """Row i's log-probability of the token after ``positions[i]``."""
+    keep = sorted(set(positions))
+    column = torch.tensor([keep.index(q) for q in positions])
+    targets = sequence[torch.tensor(positions) + 1]
     with torch.no_grad():
-        logits = model.hf(**features, use_cache=False, logits_to_keep=1).logits[:, -1]
-    return logits.float().log_softmax(dim=-1)[:, token].cpu().numpy()
+        logits = model.hf(**features, use_cache=False,
+                          logits_to_keep=torch.tensor(keep, device=model.device)).logits
+    rows = torch.arange(len(positions))
+    log_probs = logits[rows, column.to(logits.device)].float().log_softmax(dim=-1)
+    return log_probs[rows, targets.to(log_probs.device)].cpu().numpy()
 
 
 def explained_tokens(item: EvalItem, limit: int) -> list[int]:
@@ -194,17 +205,17 @@ class _Perturbation(Metric):
         steps = self.options.steps
         fractions = np.arange(1, steps) / steps
         width, height = image.size
-        ids = trace.generated_ids.tolist()
-        values = []
-        for j in explained_tokens(item, self.options.max_tokens):
+        tokens = explained_tokens(item, self.options.max_tokens)
+        variants, positions = [], []
+        for j in tokens:
             ranks = pixel_ranks(to_image(item.maps[j], trace.grids, 0, (height, width)))
             images = perturbed_images(image, baseline, ranks, fractions, self.deletion)
-            variants = [item.model.build_inputs([im], trace.inputs.prompt) for im in images]
-            prefix = trace.sequence[:trace.generating_position(j) + 1]
-            middle = token_probabilities(item.model, variants, prefix, ids[j],
-                                         self.options.batch)
-            values.append(auc(np.concatenate([[start[j]], middle, [end[j]]])))
-        return {"value": values}
+            variants += [item.model.build_inputs([im], trace.inputs.prompt) for im in images]
+            positions += [trace.generating_position(j)] * len(images)
+        middle = token_probabilities(item.model, variants, trace.sequence, positions,
+                                     self.options.batch).reshape(len(tokens), -1)
+        return {"value": [auc(np.concatenate([[start[j]], row, [end[j]]]))
+                          for j, row in zip(tokens, middle, strict=True)]}
 
 
 class Deletion(_Perturbation):

@@ -83,16 +83,20 @@ def test_teacher_forcing_reproduces_the_generation_and_batching_changes_nothing(
     forced = answer_probabilities(trace, None)
     assert forced == pytest.approx(generated.numpy(), rel=1e-3, abs=1e-6)
     assert ("perturbation", "answer", None) in trace.cache  # shared by methods and metrics
-    # the same image as three variants, batched and one by one, through a truncated prefix
-    prefix = trace.sequence[:positions[1] + 1]
+    # three images as variants, batched and one by one, each read at another token
     images = [trace.inputs.images[0], baseline_image(trace.inputs.images[0], "mean"),
               picture(seed=5)]
     variants = [model.build_inputs([im], trace.inputs.prompt) for im in images]
-    batched = token_probabilities(model, variants, prefix, ids[1], batch=8)
-    single = token_probabilities(model, variants, prefix, ids[1], batch=1)
+    mixed = [positions[1], positions[1], positions[2]]
+    batched = token_probabilities(model, variants, trace.sequence, mixed, batch=8)
+    single = token_probabilities(model, variants, trace.sequence, mixed, batch=1)
     assert batched == pytest.approx(single, rel=1e-4)
     assert batched[0] == pytest.approx(forced[1], rel=1e-3)
     assert batched[1] == pytest.approx(answer_probabilities(trace, "mean")[1], rel=1e-3)
+    # what follows a token does not change its probability (the model is causal)
+    prefix = trace.sequence[:positions[2] + 2]
+    (truncated,) = token_probabilities(model, variants[2:], prefix, [positions[2]], batch=1)
+    assert truncated == pytest.approx(batched[2], rel=1e-4)
 
 
 def test_deletion_and_insertion_curves_by_hand(tiny_model):
@@ -107,13 +111,11 @@ def test_deletion_and_insertion_curves_by_hand(tiny_model):
     width, height = image.size
     ranks = pixel_ranks(to_image(evaluated.maps[0], trace.grids, 0, (height, width)))
     base = baseline_image(image, "mean")
-    token = int(trace.generated_ids[0])
-    prefix = trace.sequence[:trace.generating_position(0) + 1]
     original, blank = answer_probabilities(trace, None)[0], answer_probabilities(trace, "mean")[0]
     for value, removing, start, end in ((d, True, original, blank), (i, False, blank, original)):
         (half,) = perturbed_images(image, base, ranks, np.array([0.5]), removing)
         (middle,) = token_probabilities(model, [model.build_inputs([half], trace.inputs.prompt)],
-                                        prefix, token, batch=1)
+                                        trace.sequence, [trace.generating_position(0)], batch=1)
         assert value == pytest.approx((start + 2 * middle + end) / 4, rel=1e-4)
     # the same tokens for every method: the first non-special generated tokens, capped
     assert len(Deletion(steps=2, max_tokens=2).measure(evaluated)["value"]) == 2
