@@ -6,9 +6,12 @@ On one model and the same samples, in one run:
 - **bare, batch B** (``--batch B > 1``): the same samples generated B at a time;
 - **trace**: :func:`mmxai.trace.generate_trace` with the union of the logit-lens group's
   needs (what the evaluator records once per sample);
+- **trace, batch B** (``--batch B > 1``): :func:`mmxai.trace.generate_traces`, B samples
+  per call, with the same needs (what ``mmxai compare --batch B`` records);
 - **logit-lens group**: that trace plus every method of the group explaining all tokens;
   the group is every method whose needs ask for no attentions, gradients or extra passes
-  (they read the final hidden states only), unless ``--lens`` names it;
+  (they read the final hidden states only), unless ``--lens`` names it; with ``--batch``,
+  also on the batched traces;
 - **each method**: a trace with that method's own needs, plus its ``explain``.
 
 Each line is the median over ``--repeats`` rounds (after one warm-up round; the runs are
@@ -42,7 +45,7 @@ from mmxai.explain import make_method
 from mmxai.method import Method
 from mmxai.model import Model
 from mmxai.registry import manager
-from mmxai.trace import Needs, generate_trace
+from mmxai.trace import Needs, generate_trace, generate_traces
 
 PROMPT = "Describe the image."
 
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--batch", type=int, default=1,
-                        help="also time bare generation B samples at a time")
+                        help="also time bare generation and the trace B samples at a time")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--methods", help="comma-separated (default: every registered one)")
@@ -196,23 +199,25 @@ def main(argv: list[str] | None = None) -> None:
             for x in inputs:
                 model.hf.generate(**x.features, **plain)
 
+    chunks = [inputs[i:i + args.batch] for i in range(0, len(inputs), args.batch)]
+
     def bare_batched() -> None:
-        from mmxai.plugins.faithfulness import _stack
-
         with torch.no_grad():
-            for i in range(0, len(inputs), args.batch):
-                chunk = _stack([x.features for x in inputs[i:i + args.batch]])
-                model.hf.generate(**chunk, **plain)
+            for chunk in chunks:
+                batch = model.collate([x.features for x in chunk])
+                model.hf.generate(**batch, **plain, pad_token_id=model.pad_token_id())
 
-    def traced(chosen: list[Method], explain: bool = True) -> Callable[[], None]:
+    def traced(chosen: list[Method], explain: bool = True,
+               batched: bool = False) -> Callable[[], None]:
         needs = Needs()
         for method in chosen:
             needs = needs | method.needs
 
         def run() -> None:
-            for x in inputs:
-                trace = generate_trace(model, x, needs, **generate)
-                if explain:
+            for chunk in (chunks if batched else [[x] for x in inputs]):
+                traces = (generate_traces(model, chunk, needs, **generate) if batched
+                          else [generate_trace(model, chunk[0], needs, **generate)])
+                for trace in traces if explain else ():
                     for method in chosen:
                         method.explain(trace, list(range(trace.n_generated)))
         return run
@@ -221,7 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch > 1:
         runs[f"bare generate, batch {args.batch}"] = bare_batched
     runs["trace (logit-lens group's needs)"] = traced(group, explain=False)
+    if args.batch > 1:
+        runs[f"trace, batch {args.batch}"] = traced(group, explain=False, batched=True)
     runs[f"logit-lens group ({len(group)} methods)"] = traced(group)
+    if args.batch > 1:
+        runs[f"logit-lens group, batch {args.batch}"] = traced(group, batched=True)
     runs.update({method.name: traced([method]) for method in methods})
     n = len(inputs)
     seconds = {name: t / n for name, t in timer(runs, args.repeats).items()}

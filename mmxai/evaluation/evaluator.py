@@ -3,8 +3,10 @@
 Per sample, whatever the number of methods:
 
 1. load the image (and, for metrics that need one, the mask) through :mod:`mmxai.dataset`;
-2. build the inputs and run ONE :func:`~mmxai.trace.generate_trace` with the union of the
-   methods' and metrics' needs;
+2. build the inputs and generate ONE trace with the union of the methods' and metrics'
+   needs: ``batch_size`` samples share one :func:`~mmxai.trace.generate_traces` call (one
+   at a time, :func:`~mmxai.trace.generate_trace`, for a batch of one, a model whose
+   adapter sets ``supports_batching = False``, or a batch whose joint call failed);
 3. group the generated tokens into labelled words (:func:`mmxai.words.words_from_trace`);
 4. run every method's ``explain`` on the shared trace for all generated tokens, measuring its
    seconds per token and peak memory (``EvalItem.cost``);
@@ -12,14 +14,15 @@ Per sample, whatever the number of methods:
 
 Extra passes (gradients, masked images, a randomised model) belong to the methods and
 metrics; what several of them share is cached on ``trace.cache`` for the sample.
-Generation is per sample (one sequence at a time); methods explain all tokens of a sample
-in one call, and the deletion/insertion metrics batch their masked images.
+Methods explain all tokens of a sample in one call, and the deletion/insertion metrics
+batch their masked images.
 
 Anything that goes wrong with one sample (an unreadable image, a missing or wrong-size
 mask, a method or metric that raises, maps of the wrong shape) becomes a ``failed`` row
 naming the sample and the cause, the run goes on, and the summary counts it. All rows of a
-sample are written in one transaction, so a killed run loses at most the sample in flight,
-and a rerun skips every (sample, method, metric) already stored.
+sample are written in one transaction as soon as the sample is done, so a killed run loses
+at most the samples of the batch in flight not yet written, and a rerun skips every
+(sample, method, metric) already stored.
 
 Random state is reseeded from (seed, sample index, method or metric name) before each
 step, so a sample's results do not depend on which shard ran it, on what ran before it, or
@@ -32,7 +35,7 @@ import dataclasses
 import hashlib
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +59,8 @@ from mmxai.evaluation.profiling import measure
 from mmxai.evaluation.store import ResultStore, Row, RunKey
 from mmxai.method import Method
 from mmxai.metric import EvalItem, Metric, Parts
-from mmxai.model import Model
-from mmxai.trace import Needs, Trace, generate_trace
+from mmxai.model import Inputs, Model
+from mmxai.trace import Needs, Trace, generate_trace, generate_traces
 from mmxai.words import WordOptions, words_from_trace
 
 
@@ -118,6 +121,19 @@ class NamedMetric:
         if options:
             label += "[" + ",".join(f"{k}={options[k]}" for k in sorted(options)) + "]"
         return cls(label, metric, options)
+
+
+#: A sample with work left: (dataset index, sample, {method: metric labels to compute}).
+Pending = tuple[int, Sample, dict[str, list[str]]]
+
+
+@dataclass
+class _Prepared:
+    """What a sample brings to its batch: its inputs, and its mask or why it has none."""
+
+    inputs: Inputs
+    mask: np.ndarray | None
+    mask_error: str | None
 
 
 @dataclass
@@ -189,16 +205,19 @@ class Evaluator:
 
     ``limit`` keeps the first samples of the dataset (before sharding); ``shard`` keeps every
     ``count``-th of those. ``min_new_tokens`` stops EOS until that many tokens were generated
-    (tiny random models answer EOS at once). ``word_options`` go to
-    :func:`mmxai.words.words_from_trace`.
+    (tiny random models answer EOS at once). ``batch_size`` samples share one ``generate``
+    call (greedy, left-padded: the same answers and traces as one at a time up to float
+    noise). ``word_options`` go to :func:`mmxai.words.words_from_trace`.
     """
 
     def __init__(self, dataset: Dataset, methods: Sequence[Method],
                  metrics: Sequence[NamedMetric], store: ResultStore, *,
                  max_new_tokens: int = 32, min_new_tokens: int = 0,
                  limit: int | None = None, shard: Shard = Shard(),
-                 seed: int = 0, word_options: WordOptions | None = None,
+                 seed: int = 0, batch_size: int = 1, word_options: WordOptions | None = None,
                  console: Console | None = None, progress: bool = True) -> None:
+        if batch_size < 1:
+            raise MMXAIError(f"batch size {batch_size}: need at least 1")
         if not methods:
             raise MMXAIError("no method to evaluate")
         if not metrics:
@@ -215,6 +234,7 @@ class Evaluator:
         self.limit = limit
         self.shard = shard
         self.seed = seed
+        self.batch_size = batch_size
         self.word_options = word_options
         self.console = console or Console(stderr=True)
         self.progress = progress
@@ -258,27 +278,36 @@ class Evaluator:
         self._record_provenance(model, label, keys)
         done = {name: self.store.done(key) for name, key in keys.items()}
         summary = Summary(label, samples=len(samples))
+        size = self.batch_size if model.supports_batching else 1
         with self._progress() as bar:
             task = bar.add_task(f"{label} · {self.dataset.name}", total=len(samples))
-            for index, sample in samples:
+            batch: list[Pending] = []
+            for position, (index, sample) in enumerate(samples):
                 todo = {m.name: [metric for metric in self.metrics
                                  if metric not in done[m.name].get(sample.id, set())]
                         for m in self.methods}
                 todo = {name: metrics for name, metrics in todo.items() if metrics}
-                if not todo:
+                if todo:
+                    batch.append((index, sample, todo))
+                else:
                     summary.resumed += 1
                     bar.advance(task)
-                    continue
-                rows = self.evaluate_sample(model, index, sample, todo, keys)
-                self.store.write(rows)
-                summary.evaluated += 1
-                for error, where in _failures(rows).items():
-                    summary.failures += [f"{w}: {error}" for w in where]
-                    summary.failed_samples.add(sample.id)
-                    bar.console.print(f"[red]failed[/] {escape(error)} [dim]({escape(_few(where))})"
-                                      "[/dim]", soft_wrap=True)
-                bar.advance(task)
+                if batch and (len(batch) == size or position == len(samples) - 1):
+                    for sample_done, rows in self.evaluate_batch(model, batch, keys):
+                        self.store.write(rows)
+                        self._report(sample_done, rows, summary, bar)
+                        bar.advance(task)
+                    batch = []
         return summary
+
+    def _report(self, sample: Sample, rows: list[Row], summary: Summary,
+                bar: Progress) -> None:
+        summary.evaluated += 1
+        for error, where in _failures(rows).items():
+            summary.failures += [f"{w}: {error}" for w in where]
+            summary.failed_samples.add(sample.id)
+            bar.console.print(f"[red]failed[/] {escape(error)} [dim]({escape(_few(where))})"
+                              "[/dim]", soft_wrap=True)
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -309,21 +338,42 @@ class Evaluator:
                     f"{self.store.path}: the stored results of {label} / {method.name} were "
                     f"made with another {', '.join(changed)}; write to a new --out folder")
 
-    # -- a sample ------------------------------------------------------------------------
-    def evaluate_sample(self, model: Model, index: int, sample: Sample,
-                        todo: dict[str, list[str]], keys: dict[str, RunKey]) -> list[Row]:
-        """Rows for the (method, metric) pairs of ``todo`` on one sample; never raises for a
-        problem of the sample, a method or a metric."""
-        sid = sample.id
+    # -- a batch of samples --------------------------------------------------------------
+    def evaluate_batch(self, model: Model, batch: Sequence[Pending],
+                       keys: dict[str, RunKey]) -> Iterator[tuple[Sample, list[Row]]]:
+        """(sample, rows) for the (method, metric) pairs of each ``(index, sample, todo)``, in
+        order, each yielded as soon as it is done; never raises for a problem of a sample, a
+        method or a metric.
 
-        def fail(methods: Iterable[str], cause: str) -> list[Row]:
-            return [Row.failed(keys[name], sid, metric, _failure(sid, cause))
-                    for name in methods for metric in todo[name]]
+        The samples whose image loads and whose inputs build share one generation; the others
+        fail on their own.
+        """
+        prepared = [self._prepare(model, sample, todo, keys) for _, sample, todo in batch]
+        ready = [p for p, item in enumerate(prepared) if isinstance(item, _Prepared)]
+        traces = dict(zip(ready, self._generate(model, [batch[p][0] for p in ready],
+                                                [prepared[p].inputs for p in ready]),
+                          strict=True))
+        for position, (index, sample, todo) in enumerate(batch):
+            item = prepared[position]
+            if isinstance(item, _Prepared):
+                # popped: a sample's trace is freed once its rows are out
+                yield sample, self._evaluate_trace(model, index, sample, todo, keys,
+                                                   traces.pop(position), item)
+            else:
+                yield sample, item
 
+    def _fail(self, sample: Sample, todo: dict[str, list[str]], keys: dict[str, RunKey],
+              methods: Iterable[str], cause: str) -> list[Row]:
+        return [Row.failed(keys[name], sample.id, metric, _failure(sample.id, cause))
+                for name in methods for metric in todo[name]]
+
+    def _prepare(self, model: Model, sample: Sample, todo: dict[str, list[str]],
+                 keys: dict[str, RunKey]) -> _Prepared | list[Row]:
+        """The sample's inputs and mask, or its failed rows."""
         try:
             image = load_image(sample)
         except Exception as exc:
-            return fail(todo, _cause(exc))
+            return self._fail(sample, todo, keys, todo, _cause(exc))
         mask, mask_error = None, None
         if any(self.metrics[m].metric.needs_mask for ms in todo.values() for m in ms):
             try:
@@ -331,13 +381,46 @@ class Evaluator:
             except Exception as exc:
                 mask_error = _failure(sample.id, _cause(exc))
         try:
-            _seed(self.seed, index, "generate")
             inputs = model.build_inputs([image], sample.prompt)
-            trace = generate_trace(model, inputs, self.needs, max_new_tokens=self.max_new_tokens,
-                                   min_new_tokens=self.min_new_tokens)
+        except Exception as exc:
+            return self._fail(sample, todo, keys, todo, f"generation: {_cause(exc)}")
+        return _Prepared(inputs, mask, mask_error)
+
+    def _generate(self, model: Model, indices: Sequence[int],
+                  inputs: Sequence[Inputs]) -> list[Trace | Exception]:
+        """One trace per sample, or the exception that stopped it.
+
+        Several samples go through one ``generate`` call (greedy, so nothing random to seed).
+        If that call fails (one bad sample, memory), each sample is generated on its own, so
+        each gets its own success or failure.
+        """
+        settings = dict(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens)
+        if len(inputs) > 1:
+            try:
+                return list(generate_traces(model, inputs, self.needs, **settings))
+            except Exception as exc:
+                self.console.print(f"[yellow]batch of {len(inputs)} samples failed to generate "
+                                   f"together ({escape(_cause(exc))}); generating them one at "
+                                   "a time[/]", soft_wrap=True)
+        traces: list[Trace | Exception] = []
+        for index, x in zip(indices, inputs, strict=True):
+            try:
+                _seed(self.seed, index, "generate")
+                traces.append(generate_trace(model, x, self.needs, **settings))
+            except Exception as exc:
+                traces.append(exc)
+        return traces
+
+    def _evaluate_trace(self, model: Model, index: int, sample: Sample,
+                        todo: dict[str, list[str]], keys: dict[str, RunKey],
+                        trace: Trace | Exception, prepared: _Prepared) -> list[Row]:
+        """Every method and metric of ``todo`` on the sample's generated trace."""
+        if isinstance(trace, Exception):
+            return self._fail(sample, todo, keys, todo, f"generation: {_cause(trace)}")
+        try:
             words = words_from_trace(trace, sample, self.word_options)
         except Exception as exc:
-            return fail(todo, f"generation: {_cause(exc)}")
+            return self._fail(sample, todo, keys, todo, f"generation: {_cause(exc)}")
         rows: list[Row] = []
         for method in self.methods:
             if method.name not in todo:
@@ -345,11 +428,13 @@ class Evaluator:
             try:
                 maps, cost = self._explain(method, trace, index)
             except Exception as exc:
-                rows += fail([method.name], f"method {method.name!r}: {_cause(exc)}")
+                rows += self._fail(sample, todo, keys, [method.name],
+                                   f"method {method.name!r}: {_cause(exc)}")
                 continue
-            item = EvalItem(sample, model, method, trace, maps, words, mask, cost)
+            item = EvalItem(sample, model, method, trace, maps, words, prepared.mask, cost)
             for label in todo[method.name]:
-                rows.append(self._measure(keys[method.name], index, item, label, mask_error))
+                rows.append(self._measure(keys[method.name], index, item, label,
+                                          prepared.mask_error))
         return rows
 
     def _explain(self, method: Method, trace: Trace,
