@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from mmxai.errors import MMXAIError
+from mmxai.options import NoOptions, make_options
 from mmxai.trace import Needs, Trace
-
-
-@dataclass
-class NoOptions:
-    """A method without options."""
 
 
 class Method:
@@ -34,14 +28,7 @@ class Method:
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, **options: Any) -> None:
-        fields = {f.name for f in dataclasses.fields(self.Options)}
-        unknown = sorted(set(options) - fields)
-        if unknown:
-            raise MMXAIError(
-                f"method {self.name!r} has no option(s) {', '.join(unknown)}; "
-                f"options: {', '.join(sorted(fields)) or 'none'}"
-            )
-        self.options = self.Options(**options)
+        self.options = make_options("method", self.name, self.Options, options)
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         """Maps for generated tokens ``tokens`` (0-based indices): (len(tokens), N_image)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from mmxai.options import NoOptions, make_options
 from mmxai.trace import Needs
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ class Metric:
     needs: ClassVar[Needs] = Needs()
     #: True if the metric needs ground-truth masks (samples without one are not counted).
     needs_mask: ClassVar[bool] = False
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, **options: Any) -> None:
+        self.options = make_options("metric", self.name, self.Options, options)
 
     def measure(self, item: EvalItem) -> Parts:
         """This sample's contribution: named lists of values, pooled over samples."""

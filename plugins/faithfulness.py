@@ -23,7 +23,7 @@ The plan per sample, shared by every method and both metrics:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -178,12 +178,7 @@ class _Perturbation(Metric):
     default_baseline: ClassVar[str] = "mean"
 
     def __init__(self, **options: Any) -> None:
-        names = {f.name for f in fields(self.Options)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise MMXAIError(f"metric {self.name!r} has no option(s) {', '.join(unknown)}; "
-                             f"options: {', '.join(sorted(names))}")
-        self.options = self.Options(**options)
+        super().__init__(**options)
         if self.options.steps < 2:
             raise MMXAIError(f"metric {self.name!r}: steps must be at least 2")
         baseline_image(Image.new("RGB", (1, 1)), self.baseline)  # validate the name early

@@ -208,9 +208,7 @@ class LocalisationMetric(Metric):
     higher_is_better = True
     citation = TAM_BIBTEX
     part: ClassVar[str] = ""
-
-    def __init__(self, reference_compatible: bool = False) -> None:
-        self.options = LocalisationOptions(reference_compatible=reference_compatible)
+    Options = LocalisationOptions
 
     def measure(self, item: EvalItem) -> Parts:
         return {"value": list(getattr(localise(item, self.options), self.part))}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -90,12 +90,7 @@ class Randomisation(Metric):
     Options: ClassVar[type] = RandomisationOptions
 
     def __init__(self, **options: Any) -> None:
-        names = {f.name for f in fields(self.Options)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise MMXAIError(f"metric {self.name!r} has no option(s) {', '.join(unknown)}; "
-                             f"options: {', '.join(sorted(names))}")
-        self.options = self.Options(**options)
+        super().__init__(**options)
         if not 0 < self.options.top <= 1:
             raise MMXAIError(f"metric {self.name!r}: top must be in (0, 1]")
         self._cached: tuple[torch.nn.Module, Model] | None = None  # (original hf, copy)
