@@ -34,6 +34,7 @@ _EXPORTS = {
     "Needs": "mmxai.trace",
     "Trace": "mmxai.trace",
     "generate_trace": "mmxai.trace",
+    "generate_traces": "mmxai.trace",
     "forced_trace": "mmxai.trace",
     "Metric": "mmxai.metric",
     "Dataset": "mmxai.dataset",

@@ -11,7 +11,8 @@ A trace holds, for one sample, what the methods declared they need:
 - ``topk_ids`` / ``topk_logits`` and ``logsumexp`` at each generating position.
 
 :func:`generate_trace` records it while generating (hooks on the final norm, so the cost over
-bare generation is a copy); :func:`forced_trace` teacher-forces a known answer in one
+bare generation is a copy); :func:`generate_traces` does so for several samples in one
+left-padded ``generate`` call; :func:`forced_trace` teacher-forces a known answer in one
 forward pass and gives the same maps.
 """
 
