@@ -158,13 +158,33 @@ class Model:
     def build_inputs(self, images: Sequence[Image.Image], prompt: str) -> Inputs:
         images = [im.convert("RGB") for im in images]
         text = self.chat_text(prompt, len(images))
-        features = dict(self.preprocess(images, text))
-        features = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in features.items()}
-        if "pixel_values" in features and features["pixel_values"].is_floating_point():
-            features["pixel_values"] = features["pixel_values"].to(self.hf.dtype)
+        features = self._to_model(self.preprocess(images, text))
         grids = stack_grids(self.image_grids(features, images))
         prompt_positions = self.locate_prompt(features["input_ids"][0], prompt, len(images))
         return Inputs(features, images, prompt, grids, prompt_positions)
+
+    def _to_model(self, features: Any) -> dict[str, Any]:
+        """Processor outputs on the model's device, pixels in the model's dtype."""
+        features = {k: v.to(self.device) if torch.is_tensor(v) else v
+                    for k, v in dict(features).items()}
+        if "pixel_values" in features and features["pixel_values"].is_floating_point():
+            features["pixel_values"] = features["pixel_values"].to(self.hf.dtype)
+        return features
+
+    def swap_images(self, inputs: Inputs, images: Sequence[Image.Image]) -> Inputs:
+        """``inputs`` with other images of the same sizes (perturbed copies, say).
+
+        Only the processor runs again: the token sequence, grids and prompt positions depend
+        on the image sizes alone, so they are reused (and the token ids checked).
+        """
+        images = [im.convert("RGB") for im in images]
+        if [im.size for im in images] != [im.size for im in inputs.images]:
+            raise InputError("swap_images needs images of the original sizes")
+        features = self._to_model(self.preprocess(images, self.chat_text(inputs.prompt,
+                                                                          len(images))))
+        if not torch.equal(features["input_ids"], inputs.features["input_ids"]):
+            raise InputError("the processor tokenised the swapped images differently")
+        return Inputs(features, images, inputs.prompt, inputs.grids, inputs.prompt_positions)
 
     def pad_token_id(self) -> int:
         """The id that left-pads a batch: the generation config's, the tokenizer's, or EOS."""

@@ -1,0 +1,26 @@
+"""Core Model behaviours shared by every adapter."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmxai.errors import InputError
+
+
+def test_swap_images_equals_building_the_inputs_again(tiny_family, tiny_model):
+    model = tiny_model(tiny_family)
+    rng = np.random.default_rng(3)
+    first, second = (Image.fromarray((rng.random((70, 90, 3)) * 255).astype("uint8"))
+                     for _ in range(2))
+    inputs = model.build_inputs([first], "Describe the image.")
+    swapped = model.swap_images(inputs, [second])
+    rebuilt = model.build_inputs([second], "Describe the image.")
+    assert swapped.features.keys() == rebuilt.features.keys()
+    for key, value in rebuilt.features.items():
+        if torch.is_tensor(value):
+            assert torch.equal(swapped.features[key], value), key
+    assert swapped.grids is inputs.grids
+    np.testing.assert_array_equal(swapped.prompt_positions, rebuilt.prompt_positions)
+    with pytest.raises(InputError):
+        model.swap_images(inputs, [first.resize((40, 40))])
