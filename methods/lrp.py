@@ -31,6 +31,7 @@ propagating plain gradients.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -154,17 +155,20 @@ ATTENTION = {"cp-lrp": ("mmxai_cp_lrp", cp_lrp_attention),
 MLP = {"cp-lrp": _cp_lrp_mlp, "attnlrp": _attnlrp_mlp}
 
 
+@functools.cache
 def _register_attention() -> None:
-    """Make the rules' attention functions selectable by name, with eager's masks."""
+    """Make the rules' attention functions selectable by name, with eager's masks.
+
+    Done once, on first use (:func:`lrp_rules`), not at import: the import pulls in
+    transformers' modelling machinery (seconds), which every command would pay, since
+    plugins are imported when the registry loads.
+    """
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     for name, fn in ATTENTION.values():
         AttentionInterface.register(name, fn)
         AttentionMaskInterface.register(name, eager_mask)
-
-
-_register_attention()
 
 
 # -- applying the rules ------------------------------------------------------------------
@@ -222,6 +226,7 @@ def lrp_rules(modules: Sequence[torch.nn.Module], rule: str) -> Iterator[None]:
     """
     if rule not in RULES:
         raise ValueError(f"unknown LRP rule {rule!r}; rules: {', '.join(RULES)}")
+    _register_attention()
     submodules = {id(m): m for root in modules for m in root.modules()}
     with ExitStack() as stack:
         for module in submodules.values():

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
@@ -43,6 +42,9 @@ CITATION = """@inproceedings{adebayo2018sanity,
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation of two maps (average ranks for ties)."""
+    # imported here: scipy.stats costs ~0.7 s, paid at registration by every command
+    from scipy.stats import rankdata
+
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
     if a.shape != b.shape:
         raise ValueError(f"maps of different sizes: {a.size} and {b.size}")
