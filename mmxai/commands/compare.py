@@ -7,19 +7,27 @@ A rerun with the same ``--out`` resumes: what is stored is skipped.
 With neither ``--model`` nor ``--dataset`` it runs the bundled benchmark: the registered
 dataset whose class sets ``default_benchmark = True``, on that class's ``default_model``.
 ``--model tiny:<family>`` builds the family's tiny random model in memory (tests, demos).
+
+``--workers N`` splits the samples over N processes (:mod:`mmxai.commands.workers`), each
+writing shard i/N's store; the parent draws the progress and merges the stores. ``auto``
+uses one per core for small models on CPU, and 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
+from mmxai.cli import error
+from mmxai.commands import workers
 from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
-from mmxai.dataset import Dataset
+from mmxai.dataset import Dataset, Sample
 from mmxai.errors import InputError, MMXAIError
 from mmxai.evaluation import (
     Evaluator,
@@ -31,7 +39,10 @@ from mmxai.evaluation import (
     print_table,
     write_all,
 )
+from mmxai.evaluation.evaluator import progress_bar
 from mmxai.explain import make_method
+from mmxai.method import Method
+from mmxai.model import Model
 from mmxai.registry import manager
 
 
@@ -64,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "sharded and resumed runs then stay bit-identical)")
     parser.add_argument("--shard", metavar="I/N",
                         help="run shard I of N (0-based); default: RANK/WORLD_SIZE if set")
+    parser.add_argument("--workers", metavar="N|auto",
+                        help="worker processes, each evaluating 1/N of the samples (default "
+                             "auto: one per usable core for a small model on CPU, else 1)")
+    parser.add_argument("--threads", default="auto", metavar="N|auto",
+                        help="torch threads per process (default auto: 1 with several "
+                             "workers or a small model, else torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                         help="bootstrap resamples for the intervals and tests (default 1000)")
@@ -105,8 +122,36 @@ def model_label(spec: str) -> str:
     return os.path.normpath(spec) if Path(spec).is_dir() else spec
 
 
-def run(args: argparse.Namespace) -> int:
-    console = Console(soft_wrap=True)
+@dataclass
+class Plan:
+    """What a run evaluates, built from the arguments and checked before any model loads
+    (worker processes build it again from the same arguments)."""
+
+    args: argparse.Namespace
+    dataset: Dataset
+    methods: list[Method]
+    metrics: list[NamedMetric]
+    models: list[str]  # the --model specs
+    labels: list[str]  # how each is keyed in the store
+    device: torch.device
+    batch: int
+
+    def evaluator(self, store: ResultStore | None, shard: Shard | None = None, *,
+                  console: Console | None = None, progress: bool = True,
+                  on_sample: Callable[[Sample], None] | None = None) -> Evaluator:
+        return Evaluator(self.dataset, self.methods, self.metrics, store,
+                         max_new_tokens=self.args.max_new_tokens,
+                         min_new_tokens=self.args.min_new_tokens, limit=self.args.limit,
+                         shard=shard or Shard(), seed=self.args.seed, batch_size=self.batch,
+                         console=console, progress=progress, on_sample=on_sample)
+
+    def open(self, spec: str) -> Model:
+        return open_model(spec, self.device, parse_dtype(self.args.dtype),
+                          self.args.trust_remote_code)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Check everything the user typed and build the datasets, methods and metrics."""
     dataset_cls = (manager().get("datasets", args.dataset) if args.dataset
                    else default_benchmark())
     models = args.models or []
@@ -127,36 +172,93 @@ def run(args: argparse.Namespace) -> int:
     methods = _names(args.methods, "methods")
     metrics = _names(args.metrics, "metrics")
     options = parse_options(args.options, [*methods, *metrics, dataset_cls.name])
-    # Everything the user typed is checked before the (slow) model loads.
     dataset = dataset_cls(root=args.data_root, **options.get(dataset_cls.name, {}))
     method_objs = [make_method(name, **options.get(name, {})) for name in methods]
     metric_objs = [NamedMetric.make(manager().get("metrics", name), options.get(name))
                    for name in metrics]
-    shard = Shard.parse(args.shard) if args.shard else Shard.from_env()
     device = resolve_device(args.device)
-    batch = args.batch or default_batch(device)
-    store_path = args.out / shard.store_name()
-    with ResultStore(store_path) as store:
-        evaluator = Evaluator(dataset, method_objs, metric_objs, store,
-                              max_new_tokens=args.max_new_tokens,
-                              min_new_tokens=args.min_new_tokens, limit=args.limit,
-                              shard=shard, seed=args.seed, batch_size=batch,
-                              progress=not args.no_progress)
-        for spec in models:
-            with console.status(f"loading {spec}"):
-                model = open_model(spec, device, parse_dtype(args.dtype), args.trust_remote_code)
-            summary = evaluator.run(model, model_label(spec))
-            console.print(_summary_line(summary, shard))
-            del model
-    if shard.count > 1:
-        console.print(f"shard {shard.label} stored in {store_path}; when every shard is done: "
-                      f"mmxai leaderboard {args.out}")
-        return 0
-    board = leaderboard([store_path], n_boot=args.bootstrap, seed=args.seed)
+    return Plan(args, dataset, method_objs, metric_objs, models,
+                [model_label(spec) for spec in models], device,
+                args.batch or default_batch(device))
+
+
+def _count(value: str | None, option: str) -> int | None:
+    """``--workers``/``--threads``: a whole number >= 1, or None for auto."""
+    if value is None or value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"{option} {value!r}: expected auto or a whole number >= 1")
+    return int(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(soft_wrap=True)
+    # Everything the user typed is checked before the (slow) model loads.
+    plan = make_plan(args)
+    workers_given, threads = _count(args.workers, "--workers"), _count(args.threads, "--threads")
+    sharded = args.shard is not None or Shard.from_env().count > 1
+    if args.workers is not None and sharded:
+        raise InputError("--workers and --shard (or RANK/WORLD_SIZE) exclude each other: "
+                         "a shard is one worker; run --shard i/n per process instead")
+    shard = Shard.parse(args.shard) if args.shard else Shard.from_env()
+    samples = len(plan.evaluator(None).samples())
+    if workers_given is not None:
+        count = workers_given
+    elif sharded:
+        count = 1
+    else:
+        count = workers.auto_workers(plan.models, plan.device, samples, args.out)
+    count = max(1, min(count, samples))  # a worker without samples would only load the model
+    if threads is None:
+        threads = workers.auto_threads(count, workers.is_small(plan.models))
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if count > 1:
+        stores = _run_workers(args, plan, count, threads or 1, samples, console)
+    else:
+        stores = [_run_here(plan, shard, console)]
+        if shard.count > 1:
+            console.print(f"shard {shard.label} stored in {stores[0]}; when every shard is "
+                          f"done: mmxai leaderboard {args.out}")
+            return 0
+    board = leaderboard(stores, n_boot=args.bootstrap, seed=args.seed)
     print_table(board, console)
     paths = write_all(board, args.out)
     console.print(f"wrote {', '.join(p.name for p in paths)} to {args.out}")
     return 0
+
+
+def _run_here(plan: Plan, shard: Shard, console: Console) -> Path:
+    """Every model in this process; the store's path."""
+    store_path = plan.args.out / shard.store_name()
+    with ResultStore(store_path) as store:
+        evaluator = plan.evaluator(store, shard, progress=not plan.args.no_progress)
+        for spec, label in zip(plan.models, plan.labels, strict=True):
+            with console.status(f"loading {spec}"):
+                model = plan.open(spec)
+            summary = evaluator.run(model, label)
+            console.print(_summary_line(summary, shard))
+            del model
+    return store_path
+
+
+def _run_workers(args: argparse.Namespace, plan: Plan, count: int, threads: int,
+                 samples: int, console: Console) -> list[Path]:
+    """``count`` worker processes; the stores to merge. Raises if a worker failed."""
+    stderr = Console(stderr=True)
+    with progress_bar(stderr, not args.no_progress) as bar:
+        outcome = workers.run_workers(args, make_plan, plan, count, threads, samples,
+                                      stderr, bar)
+    for summary in outcome.summaries:
+        if summary is not None:
+            console.print(_summary_line(summary, Shard()) + f" ({count} workers)")
+    if outcome.crashed:
+        for line in outcome.crashed:
+            error(line)
+        raise MMXAIError(f"{len(outcome.crashed)} of {count} workers failed; what the others "
+                         f"stored is kept in {args.out}: rerun the same command to complete "
+                         "the run")
+    return outcome.stores
 
 
 def _summary_line(summary: Summary, shard: Shard) -> str:

@@ -35,7 +35,7 @@ import dataclasses
 import hashlib
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -148,6 +149,13 @@ class Summary:
     failed_samples: set[str] = field(default_factory=set)
 
 
+def progress_bar(console: Console, enabled: bool = True) -> Progress:
+    """The evaluator's progress display: a bar per task, samples done, elapsed time, ETA."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console, disable=not enabled, transient=False)
+
+
 def _seed(seed: int, index: int, name: str) -> None:
     """Reseed every generator from (seed, sample index, step name)."""
     digest = hashlib.sha256(f"{seed}:{index}:{name}".encode()).digest()
@@ -207,7 +215,9 @@ class Evaluator:
     ``count``-th of those. ``min_new_tokens`` stops EOS until that many tokens were generated
     (tiny random models answer EOS at once). ``batch_size`` samples share one ``generate``
     call (greedy, left-padded: the same answers and traces as one at a time up to float
-    noise). ``word_options`` go to :func:`mmxai.words.words_from_trace`.
+    noise). ``word_options`` go to :func:`mmxai.words.words_from_trace`. ``on_sample`` is
+    called with each sample of the shard once it is done (computed now or found stored),
+    as the progress bar advances: how worker processes report progress to their parent.
     """
 
     def __init__(self, dataset: Dataset, methods: Sequence[Method],
@@ -215,7 +225,8 @@ class Evaluator:
                  max_new_tokens: int = 32, min_new_tokens: int = 0,
                  limit: int | None = None, shard: Shard = Shard(),
                  seed: int = 0, batch_size: int = 1, word_options: WordOptions | None = None,
-                 console: Console | None = None, progress: bool = True) -> None:
+                 console: Console | None = None, progress: bool = True,
+                 on_sample: Callable[[Sample], None] | None = None) -> None:
         if batch_size < 1:
             raise MMXAIError(f"batch size {batch_size}: need at least 1")
         if not methods:
@@ -238,6 +249,7 @@ class Evaluator:
         self.word_options = word_options
         self.console = console or Console(stderr=True)
         self.progress = progress
+        self.on_sample = on_sample
         needs = Needs()
         for part in [*self.methods, *(m.metric for m in metrics)]:
             needs = needs | part.needs
@@ -291,14 +303,19 @@ class Evaluator:
                     batch.append((index, sample, todo))
                 else:
                     summary.resumed += 1
-                    bar.advance(task)
+                    self._advance(bar, task, sample)
                 if batch and (len(batch) == size or position == len(samples) - 1):
                     for sample_done, rows in self.evaluate_batch(model, batch, keys):
                         self.store.write(rows)
                         self._report(sample_done, rows, summary, bar)
-                        bar.advance(task)
+                        self._advance(bar, task, sample_done)
                     batch = []
         return summary
+
+    def _advance(self, bar: Progress, task: TaskID, sample: Sample) -> None:
+        bar.advance(task)
+        if self.on_sample is not None:
+            self.on_sample(sample)
 
     def _report(self, sample: Sample, rows: list[Row], summary: Summary,
                 bar: Progress) -> None:
@@ -310,9 +327,7 @@ class Evaluator:
                               "[/dim]", soft_wrap=True)
 
     def _progress(self) -> Progress:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                        console=self.console, disable=not self.progress, transient=False)
+        return progress_bar(self.console, self.progress)
 
     def _record_provenance(self, model: Model, label: str, keys: dict[str, RunKey]) -> None:
         weights = provenance.weights_id(model)

@@ -1,0 +1,285 @@
+"""Worker processes for ``mmxai compare --workers N``: the samples split over N processes.
+
+Small models are overhead-bound: torch's intra-op threads barely speed them up and, on a
+loaded machine, oversubscribe the cores (two threads were 10-20x slower than one for a
+1M-parameter model on a busy 2-core box). Samples are independent, so N processes of one
+thread each use N cores: worker ``i`` runs shard ``i/N`` (the samples whose index is ``i``
+mod ``N``) into its own store, ``results-shard<i>-of<N>.sqlite``, exactly as
+``mmxai compare --shard i/N`` would, and the parent merges the N stores as
+``mmxai leaderboard`` does. The evaluator reseeds per sample, so the rows are bit-identical
+to a one-process run's.
+
+Workers are started with ``multiprocessing``'s "spawn" context (no forked torch state or
+threads) and rebuild the run from the command's arguments, with plugins loaded from entry
+points. They report over one queue: each sample done (the parent draws the only progress
+bar), the lines they would print (failures), their summaries, and the cause of a crash.
+A crashed worker is reported in one line; what the others stored is kept, and rerunning the
+command resumes every shard, computing only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import queue as queue_module
+import signal
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from rich.console import Console
+from rich.text import Text
+
+from mmxai.commands.common import TINY
+from mmxai.errors import MMXAIError
+from mmxai.evaluation import ResultStore, Shard, Summary
+
+if TYPE_CHECKING:
+    from mmxai.commands.compare import Plan
+
+#: A model whose weight files are smaller than this is "small": one process per core.
+SMALL_MODEL_BYTES = 500 * 2**20
+#: Each worker pays a start-up (imports, model loading: ~5 s on a loaded 2-core box); auto
+#: starts no more workers than there are runs of this many samples to amortise it over.
+MIN_SAMPLES_PER_WORKER = 8
+#: Memory one worker needs besides its model's weights (torch, transformers, activations).
+WORKER_OVERHEAD_BYTES = 2**30
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+# -- how many --------------------------------------------------------------------------------
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def weights_bytes(spec: str) -> int | None:
+    """Size of a model's weight files on disk: 0 for ``tiny:<family>``, the folder's for a
+    local folder, the cached snapshot's for a hub name; None when unknown (not downloaded)."""
+    if spec.startswith(TINY):
+        return 0
+    folder = Path(spec)
+    if not folder.is_dir():
+        folder = _hub_snapshot(spec)
+        if folder is None:
+            return None
+    files = [path for pattern in WEIGHT_FILES for path in folder.glob(pattern)]
+    return sum(path.stat().st_size for path in files) if files else None
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub model (no network), if there is one."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id, no huggingface_hub: size unknown
+        return None
+    return Path(config).parent if isinstance(config, str) else None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available for new processes (``MemAvailable``), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def is_small(models: Sequence[str]) -> bool:
+    """Every model's weights are known and under :data:`SMALL_MODEL_BYTES`."""
+    sizes = [weights_bytes(spec) for spec in models]
+    return all(size is not None and size < SMALL_MODEL_BYTES for size in sizes)
+
+
+def stored_layout(out: Path) -> int | None:
+    """The worker count of the stores already in ``out`` (1 for ``results.sqlite``, N for
+    ``results-shard<i>-of<N>.sqlite``; the newest if several), None for a new folder."""
+    layouts: dict[int, float] = {}
+    for path in out.glob("results*.sqlite"):
+        if path.name == Shard().store_name():
+            count = 1
+        else:
+            count_text = path.stem.rpartition("-of")[2]
+            if not count_text.isdigit():
+                continue
+            count = int(count_text)
+        layouts[count] = max(layouts.get(count, 0.0), path.stat().st_mtime)
+    return max(layouts, key=layouts.__getitem__) if layouts else None
+
+
+def auto_workers(models: Sequence[str], device: torch.device, samples: int, out: Path) -> int:
+    """``--workers auto``.
+
+    On CPU with small models (:func:`is_small`): one worker per usable core, at most one per
+    :data:`MIN_SAMPLES_PER_WORKER` samples and no more than the available memory holds
+    (twice the largest model's weights plus :data:`WORKER_OVERHEAD_BYTES` each). A large or
+    unknown model, or CUDA, gets 1 (several GPUs: torchrun/accelerate, one rank per GPU).
+    An ``out`` folder that already holds stores keeps their worker count, so a resumed run
+    reads the stores it wrote, whatever the machine's load or cores.
+    """
+    stored = stored_layout(out)
+    if stored is not None:
+        return stored
+    if device.type != "cpu" or not is_small(models):
+        return 1
+    count = min(usable_cores(), samples // MIN_SAMPLES_PER_WORKER)
+    memory = available_memory()
+    if memory is not None:
+        largest = max(weights_bytes(spec) or 0 for spec in models)
+        count = min(count, memory // (2 * largest + WORKER_OVERHEAD_BYTES))
+    return max(1, count)
+
+
+def auto_threads(workers: int, small: bool) -> int | None:
+    """``--threads auto``: 1 for several workers or small models, else None (torch's own)."""
+    return 1 if workers > 1 or small else None
+
+
+# -- the parent ------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What the workers did: per model (in order), the summary merged over every worker, or
+    None when a worker did not finish it; the stores; one line per worker that failed."""
+
+    summaries: list[Summary | None]
+    stores: list[Path]
+    crashed: list[str] = field(default_factory=list)
+
+
+def run_workers(args: argparse.Namespace, build: Callable[[argparse.Namespace], Plan],
+                plan: Plan, count: int, threads: int, samples: int, console: Console,
+                progress: Any) -> Outcome:
+    """Run ``count`` workers, each ``build(args)``-ing the run again and evaluating its shard.
+
+    ``build`` must be a module-level function (it is pickled by name). ``progress`` is a
+    rich ``Progress`` (entered by the caller's ``with``) showing one task per model over
+    all ``samples``; failures the workers print go to ``console``.
+    """
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    style = {"color_system": console.color_system, "width": console.width}
+    tasks = [progress.add_task(f"{label} · {plan.dataset.name}", total=samples)
+             for label in plan.labels]
+    processes = [context.Process(target=_work, name=f"mmxai-worker-{i}", daemon=True,
+                                 args=(build, args, i, count, threads, messages, style))
+                 for i in range(count)]
+    summaries: list[list[Summary]] = [[] for _ in plan.models]
+    errors: dict[int, str] = {}
+
+    def handle(message: tuple) -> None:
+        kind, worker, *rest = message
+        if kind == "sample":
+            progress.advance(tasks[rest[0]])
+        elif kind == "print":
+            console.print(Text.from_ansi(rest[0].rstrip("\n")), soft_wrap=True)
+        elif kind == "summary":
+            summaries[rest[0]].append(rest[1])
+        elif kind == "error":
+            errors[worker] = rest[0]
+
+    try:
+        for process in processes:
+            process.start()
+        while any(process.is_alive() for process in processes):
+            try:
+                handle(messages.get(timeout=0.2))
+            except queue_module.Empty:
+                continue
+        while True:  # what the last workers sent just before they exited
+            try:
+                handle(messages.get(timeout=0.2))
+            except queue_module.Empty:
+                break
+    finally:
+        for process in processes:
+            if process.is_alive():  # the parent was interrupted
+                process.terminate()
+            process.join()
+    crashed = [f"worker {i}/{count}: {errors.get(i) or _exit_cause(p.exitcode)}"
+               for i, p in enumerate(processes) if p.exitcode != 0 or i in errors]
+    return Outcome([merge(s) if len(s) == count else None for s in summaries],
+                   [args.out / Shard(i, count).store_name() for i in range(count)], crashed)
+
+
+def merge(summaries: Sequence[Summary]) -> Summary:
+    """One summary from the workers' summaries of the same model."""
+    merged = Summary(summaries[0].model)
+    for summary in summaries:
+        merged.samples += summary.samples
+        merged.evaluated += summary.evaluated
+        merged.resumed += summary.resumed
+        merged.failures += summary.failures
+        merged.failed_samples |= summary.failed_samples
+    return merged
+
+
+def _exit_cause(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+# -- a worker --------------------------------------------------------------------------------
+class _Lines:
+    """A text file for a rich Console that sends what is written to the parent."""
+
+    def __init__(self, messages: Any, worker: int) -> None:
+        self.messages, self.worker = messages, worker
+
+    def write(self, text: str) -> int:
+        if text:
+            self.messages.put(("print", self.worker, text))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _cause(exc: BaseException) -> str:
+    """One line: our own errors as they read; others with their type and where they rose."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MMXAIError):
+        return text
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
+
+
+def _work(build: Callable[[argparse.Namespace], Plan], args: argparse.Namespace, index: int,
+          count: int, threads: int, messages: Any, style: dict[str, Any]) -> None:
+    """Worker ``index``: shard ``index/count`` of every model into its own store."""
+    torch.set_num_threads(threads)
+    try:
+        plan = build(args)
+        shard = Shard(index, count)
+        console = Console(file=_Lines(messages, index), soft_wrap=True,
+                          force_terminal=style["color_system"] is not None, **style)
+        with ResultStore(args.out / shard.store_name()) as store:
+            for number, (spec, label) in enumerate(zip(plan.models, plan.labels, strict=True)):
+                evaluator = plan.evaluator(
+                    store, shard, console=console, progress=False,
+                    on_sample=lambda _, n=number: messages.put(("sample", index, n)))
+                model = plan.open(spec)
+                messages.put(("summary", index, number, evaluator.run(model, label)))
+                del model
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except BaseException as exc:
+        messages.put(("error", index, _cause(exc)))
+        raise SystemExit(1) from None
