@@ -149,13 +149,28 @@ class ARCOptions:
 
 
 def topk_at(trace: Trace, positions: np.ndarray, k: int, chunk: int = 64) -> torch.Tensor:
-    """Top-k predicted ids at ``positions``, (P, k); full-vocabulary logits a chunk at a time."""
+    """Top-k predicted ids at ``positions``, (P, k).
+
+    Generating positions read the trace's top-k (recorded during generation, ARC declares
+    it); the others (the prompt's) get full-vocabulary logits a chunk at a time.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    out = torch.zeros(len(positions), k, dtype=torch.long)
+    recorded = trace.topk_ids
+    first = trace.prompt_len - 1
+    known = positions >= first
+    if recorded is not None and recorded.shape[1] >= k:
+        out[known] = recorded[positions[known] - first, :k].cpu()
+    else:
+        known[:] = False
+    missing = np.flatnonzero(~known)
     w = trace.model.unembedding()
-    rows = []
-    for start in range(0, len(positions), chunk):
-        h = trace.hidden[torch.as_tensor(positions[start:start + chunk], dtype=torch.long)]
-        rows.append((h.to(w.dtype) @ w.T).float().topk(k, dim=-1).indices.cpu())
-    return torch.cat(rows) if rows else torch.zeros(0, k, dtype=torch.long)
+    for start in range(0, len(missing), chunk):
+        rows = missing[start:start + chunk]
+        h = trace.hidden[torch.as_tensor(positions[rows], dtype=torch.long)]
+        with torch.no_grad():
+            out[rows] = (h.to(w.dtype) @ w.T).float().topk(k, dim=-1).indices.cpu()
+    return out
 
 
 def arc_context(trace: Trace, tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +235,7 @@ class MSEAARCOptions(ARCOptions, MSEAOptions):
 class ARC(Method):
     name = "arc"
     summary = "Activation ranking correlation: remove maps of tokens that predict unlike this one"
-    needs = Needs()
+    needs = Needs(topk=ARCOptions.k)
     citation = CITATION
     Options = ARCOptions
 
@@ -243,7 +258,7 @@ class MSEA(Method):
 class MSEAARC(Method):
     name = "msea-arc"
     summary = "MSEA maps refined by ARC (the paper's full method)"
-    needs = Needs(extra_passes=True)
+    needs = Needs(topk=ARCOptions.k, extra_passes=True)
     citation = CITATION
     Options = MSEAARCOptions
 

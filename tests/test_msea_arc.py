@@ -130,3 +130,17 @@ def test_msea_tam_single_scale_equals_tam(model, image):
                            method_options={"msea-tam": {"scales": (1.0,)}},
                            generate_kwargs={"min_new_tokens": 4})
     np.testing.assert_allclose(results["msea-tam"].maps, results["tam"].maps, atol=1e-6)
+
+
+def test_topk_reuses_the_trace_and_equals_full_logits(trace):
+    from mmxai.methods.msea_arc import topk_at
+
+    positions = np.arange(trace.hidden.shape[0])
+    w = trace.model.unembedding()
+    with torch.no_grad():
+        expected = (trace.hidden @ w.T.float()).topk(5, dim=-1).indices
+    recorded = generate_trace(trace.model, trace.inputs, msea_arc.Needs(topk=5),
+                              max_new_tokens=5, min_new_tokens=5)
+    assert recorded.topk_ids is not None
+    assert torch.equal(topk_at(recorded, positions, 5), expected)
+    assert torch.equal(topk_at(trace, positions, 5), expected)  # nothing recorded: computed
