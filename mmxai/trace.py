@@ -167,19 +167,54 @@ def _finish(model: Model, inputs: Inputs, sequence: torch.Tensor,
     n = int(sequence.shape[0]) - 1
     hidden = _rows(store["final"], sample, pad, n)
     n_layers = len(model.decoder_layers())
-    layers = {int(k[5:]): _rows(v, sample, pad, n) for k, v in store.items() if k != "final"}
+    layers = {int(k[5:]): _rows(v, sample, pad, n) for k, v in store.items()
+              if k.startswith("layer")}
     layers = {**layers, **{i - n_layers: layers[i] for i in list(layers)}}
     trace = Trace(model, inputs, sequence.detach().cpu(), hidden, layers, attentions)
-    gen_hidden = hidden[trace.prompt_len - 1:]
-    if gen_hidden.shape[0]:
-        w = model.unembedding()
-        with torch.no_grad():
-            logits = (gen_hidden.to(w.dtype) @ w.T).float()  # (G, V): transient, G rows only
-        trace.logsumexp = torch.logsumexp(logits, dim=-1)
+    n_generated = trace.n_generated
+    if "vocab" in store and n_generated:
+        # what generation's own logits gave, step by step (no G x V recomputation)
+        stats = [torch.stack([step[k][sample] for step in store["vocab"]])[:n_generated]
+                 for k in range(len(store["vocab"][0]))]
+        trace.logsumexp = stats[0]
         if needs.topk:
-            values, ids = logits.topk(min(needs.topk, logits.shape[-1]), dim=-1)
-            trace.topk_logits, trace.topk_ids = values, ids
+            trace.topk_logits, trace.topk_ids = stats[1], stats[2]
+    elif n_generated:
+        with torch.no_grad():
+            trace.logsumexp, *top = _vocab_stats(model, hidden[trace.prompt_len - 1:], needs)
+        if top:
+            trace.topk_logits, trace.topk_ids = top
     return trace
+
+
+def _vocab_stats(model: Model, states: torch.Tensor, needs: Needs) -> list[torch.Tensor]:
+    """[logsumexp (n,), then top-k logits and ids (n, k) if needed] of states' logits."""
+    w = model.unembedding()
+    return _reduce_logits((states.to(w.dtype) @ w.T).float(), needs)  # (n, V): transient
+
+
+def _reduce_logits(logits: torch.Tensor, needs: Needs) -> list[torch.Tensor]:
+    """Full-vocabulary logits (..., V) -> the few numbers a trace keeps of them."""
+    stats = [torch.logsumexp(logits, dim=-1)]
+    if needs.topk:
+        stats += list(logits.topk(min(needs.topk, logits.shape[-1]), dim=-1))
+    return stats
+
+
+@contextmanager
+def _capture_vocab(model: Model, needs: Needs,
+                   store: dict[str, list]) -> Iterator[None]:
+    """During generation, reduce each step's next-token logits (B, V) as they are made."""
+    store["vocab"] = []
+
+    def hook(_m, _i, out):
+        store["vocab"].append([t.detach() for t in _reduce_logits(out[:, -1].float(), needs)])
+
+    handle = model.hf.get_output_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _assemble_attentions(steps: Sequence[Sequence[torch.Tensor]], n: int, sample: int = 0,
@@ -233,7 +268,8 @@ def generate_traces(model: Model, inputs: Sequence[Inputs], needs: Needs = Needs
                   pad_token_id=model.pad_token_id())
     kwargs.update(generate_kwargs)
     features = model.collate([x.features for x in inputs])
-    with torch.no_grad(), _capture(_modules(model, needs)) as store:
+    with torch.no_grad(), _capture(_modules(model, needs)) as store, \
+            _capture_vocab(model, needs, store):
         out = model.hf.generate(**features, **kwargs)
     width = int(features["input_ids"].shape[1])
     eos = _eos_ids(model, kwargs)
