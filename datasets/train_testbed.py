@@ -1,0 +1,520 @@
+"""Train the bundled testbed: a tiny LLaVA (CLIP vision tower + Llama decoder) that captions
+the synthetic scenes, the way real MLLMs are trained.
+
+1. **Text pretraining.** The decoder alone, input and output embeddings tied, on a corpus
+   where words must be copied from context (``red circle . the circle is red .``; lists of
+   ``colour shape`` pairs among filler words, then a caption that copies them in order), so
+   that copy circuits exist before any image is seen.
+2. **Alignment** (LLaVA stage 1). The decoder frozen, the vision tower and projector learn
+   to caption scenes: image tokens must become something the frozen copy circuits read.
+3. **Joint fine-tuning** of everything on captioning.
+
+No loss touches an attribution map or a mask: the only targets are caption tokens (and the
+text corpus). Run with ``nice -n 19 python -m mmxai.datasets.train_testbed --out DIR``;
+CPU, one thread, deterministic for a seed.
+
+The measurements (:func:`caption_accuracy`, :func:`readout`) are also what the tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+
+from mmxai.datasets.scenes import (
+    COLOURS,
+    DISTRACTOR_COLOURS,
+    EVAL_SEED,
+    EVAL_SIZE,
+    PROMPT,
+    SHAPES,
+    SIZE,
+    Scene,
+    caption_for,
+    generate_scene,
+)
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
+#: Background words of the text corpus: they stand where an image has no object.
+FILLER = ("the", "is", "and", "this", "there", "in", "on", "with", "it", "some")
+WORDS = (("user", "assistant", ":", "describe", "image", ".", "a", "left", "of")
+         + FILLER + tuple(COLOURS) + tuple(DISTRACTOR_COLOURS) + SHAPES)
+PATCH = 8
+GRID = SIZE // PATCH
+MAX_NEW_TOKENS = 16
+#: The LLaVA-1.5 chat layout: ``USER: <image>\\n{prompt} ASSISTANT:``.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% endif %}{% endfor %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{% if message['role'] == 'user' %} {% else %}</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+# -- the model ---------------------------------------------------------------------------
+def build_tokenizer():
+    """A word-level tokenizer: one word (or punctuation mark), one token, lower-cased."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIAL_TOKENS + WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def build_processor():
+    """LlavaProcessor: a PIL CLIP image processor at the scene size and the tokenizer."""
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=build_tokenizer(), patch_size=PATCH,
+        vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+
+
+def build_model(tokenizer, seed: int) -> torch.nn.Module:
+    """``LlavaForConditionalGeneration`` with random weights: CLIP 3x128, Llama 4x128, tied."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                              num_attention_heads=4, image_size=SIZE, patch_size=PATCH)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                       num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=256, tie_word_embeddings=True,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-1, vision_feature_select_strategy="default",
+                         image_seq_length=GRID * GRID, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+# -- batches ------------------------------------------------------------------------------
+class Batcher:
+    """Turns scenes and text into padded training batches (ids, attention, labels)."""
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        ip = processor.image_processor
+        self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+        self.prompt_ids = self.prompt_features([generate_scene(EVAL_SEED, 0)])["input_ids"][0]
+
+    def prompt_features(self, scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
+        """The processor's features for the chat prompt of each scene, (B, L) ids."""
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": PROMPT}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+        images = [Image.fromarray(s.image) for s in scenes]
+        return dict(self.processor(images=images, text=[text] * len(scenes),
+                                   return_tensors="pt"))
+
+    def pixels(self, scenes: Sequence[Scene]) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels, what the processor computes, without PIL."""
+        images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def pad(self, rows: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        """Right-pad (ids, labels) rows; labels of -100 are not trained on."""
+        width = max(len(ids) for ids, _ in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad)
+        labels = torch.full((len(rows), width), -100)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row_ids, row_labels) in enumerate(rows):
+            ids[i, :len(row_ids)] = torch.tensor(row_ids)
+            labels[i, :len(row_labels)] = torch.tensor(row_labels)
+            attention[i, :len(row_ids)] = 1
+        return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+    def captioning(self, scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
+        """Image + prompt, then the caption and ``</s>``: the loss is on the answer only."""
+        prompt = self.prompt_ids.tolist()
+        rows = []
+        for scene in scenes:
+            answer = self.ids(scene.caption) + [self.tokenizer.eos_token_id]
+            rows.append((prompt + answer, [-100] * len(prompt) + answer))
+        batch = self.pad(rows)
+        batch["pixel_values"] = self.pixels(scenes)
+        return batch
+
+    def text(self, examples: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """Text-only ``(context, answer)`` pairs: ``<s>`` + context + answer + ``</s>``."""
+        rows = []
+        for context, answer in examples:
+            head = [self.tokenizer.bos_token_id] + self.ids(context)
+            tail = self.ids(answer) + [self.tokenizer.eos_token_id]
+            rows.append((head + tail, [-100] * len(head) + tail))
+        return self.pad(rows)
+
+
+def copy_example(rng: np.random.Generator, kinds: Sequence[int] = (0, 1, 2)) -> tuple[str, str]:
+    """A short text whose answer copies attribute words from its context."""
+    n = int(rng.integers(1, 4))
+    colours = [str(c) for c in rng.choice(list(COLOURS), size=n, replace=False)]
+    shapes = [str(s) for s in rng.choice(SHAPES, size=n, replace=False)]
+    pairs = list(zip(colours, shapes, strict=True))
+    kind = int(rng.choice(kinds))
+    if kind == 0:  # "red circle . the circle is red ."
+        context = " and ".join(f"{c} {s}" for c, s in pairs) + " ."
+        answer = " ".join(f"the {s} is {c} ." for c, s in pairs)
+    elif kind == 1:  # "the circle is red . a red circle ."
+        context = " ".join(f"the {s} is {c} ." for c, s in pairs)
+        answer = caption_for(pairs)
+    else:  # pairs among filler words, then a caption copying them in order
+        words = [str(w) for w in rng.choice(FILLER, size=int(rng.integers(0, 24)))]
+        slots = np.sort(rng.integers(0, len(words) + 1, size=n))
+        for offset, (slot, (c, s)) in enumerate(zip(slots, pairs, strict=True)):
+            words[slot + 2 * offset:slot + 2 * offset] = [c, s]
+        if rng.random() < 0.3:  # an achromatic pair the caption must not copy
+            c, s = str(rng.choice(list(DISTRACTOR_COLOURS))), str(rng.choice(SHAPES))
+            slot = int(rng.integers(0, len(words) + 1))
+            words[slot:slot] = [c, s]
+        context = "user : " + " ".join(words) + " describe the image . assistant :"
+        answer = caption_for(pairs)
+    return context, answer
+
+
+# -- training -----------------------------------------------------------------------------
+def schedule(step: int, steps: int, lr: float, warmup: int = 50) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def train_stage(model: torch.nn.Module, groups: Sequence[tuple[list[torch.nn.Parameter], float]],
+                batches: Iterator[dict[str, torch.Tensor]], steps: int, name: str,
+                log_every: int = 100) -> list[float]:
+    """AdamW over parameter ``groups`` of (parameters, peak lr) for ``steps`` batches;
+    returns the loss curve."""
+    optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for p, lr in groups],
+                                  weight_decay=0.01)
+    params = [p for group, _ in groups for p in group]
+    model.train()
+    losses = []
+    start = time.time()
+    for step in range(steps):
+        for group, (_, lr) in zip(optimizer.param_groups, groups, strict=True):
+            group["lr"] = schedule(step, steps, lr)
+        loss = model(**next(batches)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0:
+            recent = float(np.mean(losses[-log_every:]))
+            print(f"[{name}] step {step + 1}/{steps} loss {recent:.4f} "
+                  f"({time.time() - start:.0f}s)", flush=True)
+    model.eval()
+    return losses
+
+
+class Tagger(torch.nn.Module):
+    """Stage 0: the vision tower predicts which caption words a scene has (multi-label).
+
+    It stands in for the vision encoder's own pretraining (CLIP's, on image-text pairs):
+    the target is the bag of colour and shape words of the caption, read from the maximum
+    over the patch tokens that LLaVA passes on; the linear head is discarded afterwards.
+    """
+
+    def __init__(self, model: torch.nn.Module, words: Sequence[str]) -> None:
+        super().__init__()
+        self.tower = model.model.vision_tower
+        self.words = list(words)
+        self.head = torch.nn.Linear(self.tower.config.hidden_size, len(self.words))
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor):
+        states = self.tower(pixel_values=pixel_values, output_hidden_states=True)
+        patches = states.hidden_states[-1][:, 1:]  # (B, N, d), CLS dropped as LLaVA does
+        logits = self.head(patches.max(dim=1).values)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        return SimpleNamespace(loss=loss)
+
+
+def tag_batches(batcher: Batcher, words: Sequence[str], seed: int,
+                batch_size: int) -> Iterator[dict]:
+    index = 0
+    while True:
+        scenes = [generate_scene(seed, index + i) for i in range(batch_size)]
+        index += batch_size
+        labels = torch.tensor([[float(w in s.word_labels()) for w in words] for s in scenes])
+        yield {"pixel_values": batcher.pixels(scenes), "labels": labels}
+
+
+def scene_batches(batcher: Batcher, seed: int, batch_size: int) -> Iterator[dict]:
+    index = 0
+    while True:
+        scenes = [generate_scene(seed, index + i) for i in range(batch_size)]
+        index += batch_size
+        yield batcher.captioning(scenes)
+
+
+def text_batches(batcher: Batcher, rng: np.random.Generator, batch_size: int,
+                 kinds: Sequence[int] = (0, 1, 2)) -> Iterator[dict]:
+    while True:
+        yield batcher.text([copy_example(rng, kinds) for _ in range(batch_size)])
+
+
+# -- measurements -------------------------------------------------------------------------
+@torch.no_grad()
+def captions(model: torch.nn.Module, processor, scenes: Sequence[Scene],
+             batch_size: int = 50) -> list[str]:
+    """Greedy captions of ``scenes`` through the processor (every prompt has one length)."""
+    batcher = Batcher(processor)
+    out = []
+    for start in range(0, len(scenes), batch_size):
+        chunk = scenes[start:start + batch_size]
+        features = batcher.prompt_features(chunk)
+        generated = model.generate(**features, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                   num_beams=1)
+        answers = generated[:, features["input_ids"].shape[1]:]
+        out += processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
+    return [" ".join(text.split()) for text in out]
+
+
+def caption_accuracy(model: torch.nn.Module, processor, scenes: Sequence[Scene]) -> float:
+    """Exact-match rate of greedy captions against the scenes' captions."""
+    predicted = captions(model, processor, scenes)
+    return float(np.mean([p == s.caption for p, s in zip(predicted, scenes, strict=True)]))
+
+
+def patch_coverage(mask: np.ndarray) -> np.ndarray:
+    """(GRID*GRID,) fraction of each patch (row-major) covered by a boolean (H, W) mask."""
+    return mask.reshape(GRID, PATCH, GRID, PATCH).mean(axis=(1, 3)).reshape(-1)
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` separating ``positive`` (ties count half)."""
+    pos, neg = scores[positive], scores[~positive]
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+@torch.no_grad()
+def readout(model: torch.nn.Module, processor, scenes: Sequence[Scene]) -> dict[str, float]:
+    """How well ``lm_head`` reads the object words off the last layer at image positions.
+
+    For each scene and each content word of its caption, the word's logit at the GRID*GRID
+    image positions (final-normed last-layer states through ``lm_head``) is scored against
+    the patches the object touches: ``auroc`` (object patches vs all other patches, mean
+    over words) and ``pointing`` (the arg-max patch touches the object; ``pointing_chance``
+    is the mean fraction of patches an object touches, what a random patch would score).
+    """
+    batcher = Batcher(processor)
+    tokenizer = processor.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    aurocs, hits, chance = [], [], []
+    for start in range(0, len(scenes), 50):
+        chunk = scenes[start:start + 50]
+        features = batcher.prompt_features(chunk)
+        out = model(**features, output_hidden_states=True)
+        hidden = model.model.language_model.norm(out.hidden_states[-1])
+        for row, scene in enumerate(chunk):
+            positions = (features["input_ids"][row] == image_id).nonzero()[:, 0]
+            states = hidden[row, positions]  # (GRID*GRID, d)
+            for word, label in scene.word_labels().items():
+                column = model.lm_head.weight[tokenizer.convert_tokens_to_ids(word)]
+                scores = (states @ column).float().numpy()
+                inside = patch_coverage(scene.mask == label) > 0
+                aurocs.append(auroc(scores, inside))
+                hits.append(bool(inside[int(scores.argmax())]))
+                chance.append(float(inside.mean()))
+    return {"auroc": float(np.mean(aurocs)), "pointing": float(np.mean(hits)),
+            "pointing_chance": float(np.mean(chance)), "n_words": len(aurocs)}
+
+
+def eval_scenes(n: int = EVAL_SIZE) -> list[Scene]:
+    return [generate_scene(EVAL_SEED, i) for i in range(n)]
+
+
+# -- the recipe ---------------------------------------------------------------------------
+def train(seed: int, steps: Sequence[int], batch_size: int,
+          lrs: Sequence[float]) -> tuple[torch.nn.Module, object, dict]:
+    """Run the four stages; returns the model, the processor and the run's record."""
+    streams = {"align": seed, "joint": seed + 10_000, "vision": seed + 20_000}
+    if EVAL_SEED in streams.values():
+        raise ValueError(f"seed {seed} would train on the evaluation split's stream")
+    torch.manual_seed(seed)
+    processor = build_processor()
+    model = build_model(processor.tokenizer, seed)
+    batcher = Batcher(processor)
+    rng = np.random.default_rng(seed)
+    language = [p for n, p in model.named_parameters() if n.startswith("model.language_model")]
+    vision = [p for n, p in model.named_parameters()
+              if not n.startswith("model.language_model") and not n.startswith("lm_head")]
+    record: dict = {"seed": seed, "steps": list(steps), "batch_size": batch_size,
+                    "lrs": list(lrs)}
+    start = time.time()
+    words = tuple(COLOURS) + SHAPES
+    tagger = Tagger(model, words)
+    losses = {}
+    losses["0 vision"] = train_stage(
+        tagger, list(tagger.parameters()),
+        tag_batches(batcher, words, streams["vision"], 2 * batch_size), steps[0], lrs[0],
+        "0 vision")
+    losses["1 text"] = train_stage(model, language, text_batches(batcher, rng, batch_size),
+                                   steps[1], lrs[1], "1 text")
+    for p in language:
+        p.requires_grad_(False)
+    align = scene_batches(batcher, streams["align"], batch_size)
+    losses["2 align"] = train_stage(model, vision, align, steps[2], lrs[2], "2 align")
+    record["align_seconds"] = round(time.time() - start, 1)
+    pause = time.time()  # a look at the held-out captions, not counted as training time
+    record["after_align"] = {"exact_match": caption_accuracy(model, processor, eval_scenes(100))}
+    start += time.time() - pause
+    for p in language:
+        p.requires_grad_(True)
+    joint = scene_batches(batcher, streams["joint"], batch_size)
+    losses["3 joint"] = train_stage(model, list(model.parameters()), joint, steps[3], lrs[3],
+                                    "3 joint")
+    record["final_losses"] = {k: round(float(np.mean(v[-50:])), 4) for k, v in losses.items()}
+    record["train_seconds"] = round(time.time() - start, 1)
+    return model, processor, record
+
+
+# -- the model card -----------------------------------------------------------------------
+def model_card(record: dict) -> str:
+    """The bundled model's README: what it is, how it was trained, what it scores."""
+    steps, lrs, batch = record["steps"], record["lrs"], record["batch_size"]
+    readout_ = record["readout"]
+    minutes = record["train_seconds"] / 60
+    return f"""# mmxai testbed: a tiny LLaVA that captions the synthetic scenes
+
+A real `LlavaForConditionalGeneration` (CLIP vision tower + Llama decoder), small enough to
+ship with mmxai ({record["parameters"]:,} parameters, {record["weights_bytes"] / 1e6:.1f} MB of
+float32 safetensors) and trained here, on CPU, to caption the scenes of
+`mmxai.datasets.scenes`. It is the default model of `mmxai compare`: the bundled benchmark
+measures attribution methods on it against exact object masks (see `docs/benchmark.md`).
+It is not a general-purpose model: it knows {len(WORDS)} words and one prompt.
+
+## Architecture
+- Vision: CLIP, 64x64 input, 8-px patches (an 8x8 grid, CLS dropped as LLaVA-1.5 does),
+  3 layers, width 128, 4 heads; the last layer feeds a 2-layer GELU projector.
+- Decoder: Llama, 4 layers, width 128, 4 heads, MLP 256, RoPE; input and output embeddings
+  tied (`tie_word_embeddings=True`).
+- Tokenizer: word-level (`tokenizers` WordLevel in `PreTrainedTokenizerFast`), lower-cased,
+  one word or punctuation mark per token; special tokens `<pad> <unk> <s> </s> <image>`.
+- Processor: `LlavaProcessor` with `CLIPImageProcessorPil` at 64 px; chat template
+  `USER: <image>\\n{{prompt}} ASSISTANT:`; the prompt is always `{PROMPT}`.
+
+## Training (seed {record["seed"]}, {minutes:.1f} min on one CPU thread)
+No loss touches a mask or an attribution map: the targets are caption words only.
+1. Vision pretraining ({steps[0]} steps, batch {2 * batch}, lr {lrs[0]:g}): the CLIP tower
+   with a linear head (discarded) predicts which colour and shape words a scene's caption
+   has, from the maximum over its patch tokens. It stands in for CLIP's own pretraining.
+2. Text pretraining ({steps[1]} steps, batch {batch}, lr {lrs[1]:g}): the decoder alone, on
+   text that must be copied from context (`red circle . the circle is red .`, captions of
+   `colour shape` pairs scattered among filler words), so that copy circuits exist.
+3. Alignment ({steps[2]} steps, batch {batch}, lr {lrs[2]:g}): decoder frozen; the vision
+   tower and projector learn to caption scenes (LLaVA's stage 1). Held-out exact match
+   after this stage: {record["after_align"]["exact_match"]:.1%} (100 scenes).
+4. Joint fine-tuning ({steps[3]} steps, batch {batch}, lr {lrs[3]:g}): everything, on
+   captioning (LLaVA's stage 2).
+
+AdamW (weight decay 0.01), linear warm-up over 50 steps then cosine decay to a tenth,
+gradient clipping at 1. Training scenes come from generator streams {record["seed"]},
+{record["seed"] + 10_000} and {record["seed"] + 20_000}, never the held-out stream
+{EVAL_SEED}. Final training losses: {", ".join(f"{k} {v}" for k, v in
+record["final_losses"].items())}. Versions: {", ".join(f"{k} {v}" for k, v in
+record["versions"].items())}.
+
+Reproduce: `nice -n 19 python -m mmxai.datasets.train_testbed --out DIR --seed
+{record["seed"]} --steps {" ".join(map(str, steps))} --lrs {" ".join(f"{x:g}" for x in lrs)}`.
+
+## Evaluation ({record["eval_size"]} held-out scenes, the shipped split)
+| measure | value |
+|---|---|
+| caption exact match (greedy) | {record["exact_match"]:.1%} |
+| lm_head read-out AUROC, object patches vs the rest | {readout_["auroc"]:.3f} |
+| lm_head read-out pointing (arg-max patch on the object) | {readout_["pointing"]:.1%} |
+
+The read-out takes, for each scene and each colour or shape word of its caption, that
+word's logit at the 64 image positions (last-layer states, final norm, `lm_head`) and
+scores it against the patches the object's mask touches ({readout_["n_words"]} words).
+Chance is 0.5 AUROC; a random patch lands on the object {readout_["pointing_chance"]:.1%} of
+the time.
+
+## Limitations
+Trained on one synthetic distribution; captions outside the grammar, other prompts and
+other image sizes are out of scope. Its internals are shaped by this small recipe and need
+not resemble a large MLLM's; the benchmark's documentation says what that allows.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--steps", type=int, nargs=4, default=(2000, 1200, 600, 2400))
+    parser.add_argument("--lrs", type=float, nargs=4, default=(5e-3, 3e-3, 2e-3, 1e-3))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-size", type=int, default=EVAL_SIZE)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model, processor, record = train(args.seed, args.steps, args.batch_size, args.lrs)
+    scenes = eval_scenes(args.eval_size)
+    record["eval_size"] = len(scenes)
+    record["exact_match"] = caption_accuracy(model, processor, scenes)
+    record["readout"] = readout(model, processor, scenes)
+    record["parameters"] = sum(p.numel() for p in model.parameters())
+    record["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                          "numpy": np.__version__}
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    record["weights_bytes"] = (args.out / "model.safetensors").stat().st_size
+    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    (args.out / "README.md").write_text(model_card(record))
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
