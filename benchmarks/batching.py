@@ -28,10 +28,10 @@ from evaluator import SHAPES, qwen2vl_shaped
 from PIL import Image
 from rich.console import Console
 
+from mmxai.api import make_method
 from mmxai.commands.compare import open_model
 from mmxai.dataset import Dataset, Sample
 from mmxai.evaluation import Evaluator, NamedMetric, ResultStore
-from mmxai.explain import make_method
 from mmxai.registry import manager
 from mmxai.trace import Needs, generate_traces
 

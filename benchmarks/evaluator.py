@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmxai.api import make_method
 from mmxai.commands.common import open_model
 from mmxai.commands.tiny import find_family
-from mmxai.explain import make_method
 from mmxai.method import Method
 from mmxai.model import Model
 from mmxai.registry import manager

@@ -4,13 +4,14 @@ The public API, flat like ``captum.attr``::
 
     import mmxai
     model = mmxai.load_model("Qwen/Qwen2-VL-2B-Instruct")
-    results = mmxai.explain_many(model, "cat.jpg", "Describe the image.", ["tam"])
-    results["tam"].image_map(0)  # (H, W) map of the first generated token
+    result = mmxai.explain(model, "cat.jpg", "Describe the image.", method="tam")
+    result.maps         # (n_generated, N_image) flat maps, one row per generated token
+    result.image_map(0)  # (H, W) map of the first generated token in the image's frame
+    results = mmxai.explain_many(model, "cat.jpg", "Describe the image.", ["tam", "arc"])
 
 Names are imported on first use (PEP 562), so ``import mmxai`` and ``mmxai --help`` stay
-fast and do not load torch. The one-method shortcut is ``mmxai.explain.explain``: a
-top-level ``mmxai.explain`` function would be replaced by the ``mmxai.explain`` submodule
-as soon as anything imports it.
+fast and do not load torch. The functions live in ``mmxai.api`` (there is no
+``mmxai.explain`` submodule, so ``mmxai.explain`` is always the function).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "explain_many": "mmxai.explain",
-    "Explanation": "mmxai.explain",
-    "load_image": "mmxai.explain",
+    "explain": "mmxai.api",
+    "explain_many": "mmxai.api",
+    "Explanation": "mmxai.api",
+    "load_image": "mmxai.api",
     "load_model": "mmxai.model",
     "wrap": "mmxai.model",
     "Model": "mmxai.model",

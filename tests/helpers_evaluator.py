@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from mmxai.api import make_method
 from mmxai.dataset import Sample
-from mmxai.explain import make_method
 from mmxai.metric import EvalItem
 from mmxai.model import Model
 from mmxai.trace import Needs, Trace, generate_trace

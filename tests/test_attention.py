@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers_attribution import FAMILIES, PROMPT, forced, image
 
+from mmxai.api import explain
 from mmxai.errors import MMXAIError
-from mmxai.explain import explain
 from mmxai.methods.attention import AttentionRollout, RawAttention, attention_rows, rollout
 from mmxai.trace import Needs
 

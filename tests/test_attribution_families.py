@@ -7,7 +7,7 @@ are finite, and are non-negative where the method promises it (all of these do b
 import numpy as np
 from helpers_attribution import PROMPT, image
 
-from mmxai.explain import explain_many
+from mmxai.api import explain_many
 
 METHODS = ("gradcam", "attention", "rollout", "cp-lrp", "attnlrp", "random", "centre")
 

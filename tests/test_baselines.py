@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from helpers_attribution import FAMILIES, PROMPT, forced, image
 
+from mmxai.api import explain
 from mmxai.errors import MMXAIError
-from mmxai.explain import explain
 from mmxai.methods.baselines import CentreBaseline, RandomBaseline, centre_gaussian
 from mmxai.model import ImageGrid
 

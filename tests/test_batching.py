@@ -15,11 +15,11 @@ from helpers_evaluator import FAMILY, one_torch_thread, picture  # noqa: F401
 from rich.console import Console
 
 from mmxai import cli
+from mmxai.api import make_method
 from mmxai.commands.compare import default_batch
 from mmxai.evaluation import evaluator as evaluator_module
 from mmxai.evaluation.evaluator import Evaluator, NamedMetric
 from mmxai.evaluation.store import ResultStore
-from mmxai.explain import make_method
 from mmxai.model import Model
 from mmxai.registry import manager
 from mmxai.trace import Needs, Trace, generate_trace, generate_traces

@@ -18,13 +18,13 @@ from PIL import Image
 from rich.console import Console
 
 from mmxai import cli, registry
+from mmxai.api import make_method
 from mmxai.dataset import Sample
 from mmxai.errors import MMXAIError
 from mmxai.evaluation import evaluator as evaluator_module
 from mmxai.evaluation.evaluator import Evaluator, NamedMetric, Shard
 from mmxai.evaluation.leaderboard import leaderboard
 from mmxai.evaluation.store import ResultStore
-from mmxai.explain import make_method
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 from mmxai.metric import Metric

@@ -7,7 +7,7 @@ import torch
 from captum._utils.gradient import compute_layer_gradients_and_eval
 from helpers_attribution import FAMILIES, PROMPT, forced, image
 
-from mmxai.explain import explain
+from mmxai.api import explain
 from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
 from mmxai.methods.gradcam import GradCAM, gradcam_scores, image_sections, layer_gradcam
 from mmxai.model import Inputs

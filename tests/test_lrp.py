@@ -10,8 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 from transformers.models.llama.modeling_llama import eager_attention_forward as hf_eager
 
+from mmxai.api import explain
 from mmxai.errors import MMXAIError, UnsupportedModelError
-from mmxai.explain import explain
 from mmxai.methods.backprop import leaf_inputs, token_logits
 from mmxai.methods.lrp import (
     CPLRP,

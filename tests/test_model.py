@@ -24,3 +24,15 @@ def test_swap_images_equals_building_the_inputs_again(tiny_family, tiny_model):
     np.testing.assert_array_equal(swapped.prompt_positions, rebuilt.prompt_positions)
     with pytest.raises(InputError):
         model.swap_images(inputs, [first.resize((40, 40))])
+
+
+def test_top_level_explain_returns_per_token_maps(tiny_model):
+    import mmxai
+
+    model = tiny_model("qwen2-vl")
+    image = Image.fromarray((np.random.default_rng(0).random((60, 80, 3)) * 255).astype("uint8"))
+    result = mmxai.explain(model, image, "Describe the image.", method="logit-lens",
+                           max_new_tokens=3)
+    assert isinstance(result, mmxai.Explanation)
+    assert result.maps.shape == (result.trace.n_generated, len(result.trace.image_positions))
+    assert result.image_map(0).shape == (60, 80)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmxai.explain import explain_many
+from mmxai.api import explain_many
 from mmxai.maps import resample
 from mmxai.methods import msea_arc
 from mmxai.methods.msea_arc import (

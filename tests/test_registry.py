@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from mmxai import cli, hookspecs, registry
+from mmxai.api import explain
 from mmxai.errors import DuplicateNameError, UnknownNameError
-from mmxai.explain import explain
 from mmxai.hookspecs import hookimpl
 
 GOOD = """

@@ -9,8 +9,8 @@ import torch
 from helpers_tam import Layout, fake_trace, loop_tam, random_trace
 from PIL import Image
 
+from mmxai.api import explain
 from mmxai.errors import MMXAIError
-from mmxai.explain import explain
 from mmxai.methods.tam import TAM
 from mmxai.registry import manager
 from mmxai.trace import forced_trace, generate_trace

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from mmxai.api import make_method
 from mmxai.cli import error
 from mmxai.commands import workers
 from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
@@ -40,7 +41,6 @@ from mmxai.evaluation import (
     write_all,
 )
 from mmxai.evaluation.evaluator import progress_bar
-from mmxai.explain import make_method
 from mmxai.method import Method
 from mmxai.model import Model
 from mmxai.registry import manager

@@ -25,9 +25,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from mmxai import render
+from mmxai.api import Explanation, explain_many, load_image, make_method
 from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
 from mmxai.errors import InputError
-from mmxai.explain import Explanation, explain_many, load_image, make_method
 
 DEFAULT_METHOD = "tam"
 HEATMAP_SIDE = 192  # maps are smooth: the page needs no more pixels than this
