@@ -151,9 +151,12 @@ class Model:
             self.messages(prompt, n_images), add_generation_prompt=True, tokenize=False
         )
 
-    def preprocess(self, images: Sequence[Image.Image], text: str) -> dict[str, Any]:
-        """Run the processor; adapters override to resize or pass family options."""
-        return self.processor(images=list(images) or None, text=[text], return_tensors="pt")
+    def preprocess(self, images: Sequence[Image.Image],
+                   text: str | Sequence[str]) -> dict[str, Any]:
+        """Run the processor on one text (or a batch of texts, the images in their order);
+        adapters override to resize or pass family options."""
+        texts = [text] if isinstance(text, str) else list(text)
+        return self.processor(images=list(images) or None, text=texts, return_tensors="pt")
 
     def build_inputs(self, images: Sequence[Image.Image], prompt: str) -> Inputs:
         images = [im.convert("RGB") for im in images]
@@ -185,6 +188,36 @@ class Model:
         if not torch.equal(features["input_ids"], inputs.features["input_ids"]):
             raise InputError("the processor tokenised the swapped images differently")
         return Inputs(features, images, inputs.prompt, inputs.grids, inputs.prompt_positions)
+
+    def swap_each(self, inputs: Inputs, images: Sequence[Image.Image]) -> list[Inputs]:
+        """One ``inputs`` per image, each with that image in place of the single image.
+
+        Equal to ``[swap_images(inputs, [im]) for im in images]``, but the processor runs
+        once over all of them (its per-call overhead is several times a tiny model's
+        forward pass); when its outputs do not split into one row per image (patches
+        flattened across images, say), each image is processed on its own instead.
+        """
+        if len(inputs.images) != 1:
+            raise InputError(f"swap_each needs inputs with one image, got {len(inputs.images)}")
+        images = [im.convert("RGB") for im in images]
+        if any(im.size != inputs.images[0].size for im in images):
+            raise InputError("swap_each needs images of the original size")
+        if len(images) < 2:
+            return [self.swap_images(inputs, images)] if images else []
+        text = self.chat_text(inputs.prompt, 1)
+        batch = self._to_model(self.preprocess(images, [text] * len(images)))
+        tensors = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+        if any(v.shape[0] != len(images) for v in tensors.values()):
+            return [self.swap_images(inputs, [im]) for im in images]
+        ids = inputs.features["input_ids"]
+        out = []
+        for row, image in enumerate(images):
+            features = {k: v[row:row + 1] if k in tensors else v for k, v in batch.items()}
+            if not torch.equal(features["input_ids"], ids):
+                raise InputError("the processor tokenised the swapped images differently")
+            out.append(Inputs(features, [image], inputs.prompt, inputs.grids,
+                              inputs.prompt_positions))
+        return out
 
     def pad_token_id(self) -> int:
         """The id that left-pads a batch: the generation config's, the tokenizer's, or EOS."""

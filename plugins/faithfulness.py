@@ -205,7 +205,7 @@ class _Perturbation(Metric):
         for j in tokens:
             ranks = pixel_ranks(to_image(item.maps[j], trace.grids, 0, (height, width)))
             images = perturbed_images(image, baseline, ranks, fractions, self.deletion)
-            variants += [item.model.swap_images(trace.inputs, [im]) for im in images]
+            variants += item.model.swap_each(trace.inputs, images)
             positions += [trace.generating_position(j)] * len(images)
         middle = token_probabilities(item.model, variants, trace.sequence, positions,
                                      self.options.batch).reshape(len(tokens), -1)

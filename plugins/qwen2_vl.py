@@ -79,13 +79,15 @@ class Qwen2VL(Model):
         return AutoModelForImageTextToText, image_only_processor(cls.processor_name)
 
     # -- inputs --------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image], text: str) -> dict[str, Any]:
+    def preprocess(self, images: Sequence[Image.Image],
+                   text: str | Sequence[str]) -> dict[str, Any]:
         kwargs = {}
         if self.max_pixels is not None and images:
             shortest = self.processor.image_processor.size["shortest_edge"]
             kwargs["size"] = {"shortest_edge": min(shortest, self.max_pixels),
                               "longest_edge": self.max_pixels}
-        return self.processor(images=list(images) or None, text=[text], return_tensors="pt",
+        texts = [text] if isinstance(text, str) else list(text)
+        return self.processor(images=list(images) or None, text=texts, return_tensors="pt",
                               **kwargs)
 
     @property

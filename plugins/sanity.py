@@ -107,7 +107,12 @@ class Randomisation(Metric):
     def measure(self, item: EvalItem) -> Parts:
         trace = item.trace
         random_model = self.randomised(item.model)
-        again = forced_trace(random_model, trace.inputs, trace.generated_ids, item.method.needs)
+        # Methods with the same needs share the randomised pass (kept with the sample's trace).
+        key = ("randomised trace", self.options.top, self.options.seed, item.method.needs)
+        if key not in trace.cache:
+            trace.cache[key] = forced_trace(random_model, trace.inputs, trace.generated_ids,
+                                            item.method.needs)
+        again = trace.cache[key]
         tokens = list(range(trace.n_generated))
         after = np.asarray(item.method.explain(again, tokens), dtype=np.float32)
         return {"value": [spearman(a, b) for a, b in zip(item.maps, after, strict=True)]}

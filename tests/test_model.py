@@ -26,6 +26,25 @@ def test_swap_images_equals_building_the_inputs_again(tiny_family, tiny_model):
         model.swap_images(inputs, [first.resize((40, 40))])
 
 
+def test_swap_each_equals_swapping_one_at_a_time(tiny_family, tiny_model):
+    model = tiny_model(tiny_family)
+    rng = np.random.default_rng(4)
+    first, *others = (Image.fromarray((rng.random((70, 90, 3)) * 255).astype("uint8"))
+                      for _ in range(4))
+    inputs = model.build_inputs([first], "Describe the image.")
+    swapped = model.swap_each(inputs, others)
+    assert len(swapped) == len(others)
+    for image, got in zip(others, swapped, strict=True):
+        expected = model.swap_images(inputs, [image])
+        assert got.features.keys() == expected.features.keys()
+        for key, value in expected.features.items():
+            if torch.is_tensor(value):
+                assert torch.equal(got.features[key], value), key
+        assert got.images == [image] and got.grids is inputs.grids
+    with pytest.raises(InputError):
+        model.swap_each(inputs, [first, first.resize((40, 40))])
+
+
 def test_top_level_explain_returns_per_token_maps(tiny_model):
     import mmxai
 
