@@ -37,6 +37,9 @@ class Dataset:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     citation: ClassVar[str] = ""
+    #: Method and metric options a run on this dataset uses unless the user sets them
+    #: (``{"deletion": {"steps": 4}}``): settings the dataset's documentation justifies.
+    default_options: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         self.root = Path(root) if root is not None else None

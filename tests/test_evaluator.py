@@ -372,3 +372,25 @@ def test_needs_are_the_union_of_methods_and_metrics():
     with pytest.raises(MMXAIError, match="twice"):
         Evaluator(evaluator.dataset, [make_method("tam"), make_method("tam")],
                   [NamedMetric("topk", TopK())], store=None)
+
+
+def test_dataset_default_options_apply_unless_the_user_sets_them(monkeypatch):
+    import argparse
+
+    from mmxai.commands import compare as compare_command
+    from mmxai.datasets.synthetic import SyntheticScenes
+
+    monkeypatch.setattr(SyntheticScenes, "default_options",
+                        {"deletion": {"steps": 4, "max_tokens": 2}, "tam": {"kernel_size": 5}})
+    parser = argparse.ArgumentParser()
+    compare_command.add_arguments(parser)
+
+    def plan(*argv):
+        args = parser.parse_args(["--model", TINY, "--dataset", "synthetic", *argv])
+        return compare_command.make_plan(args)
+
+    first = plan("--method", "tam", "--metric", "deletion,obj-iou")
+    assert [m.label for m in first.metrics] == ["deletion[max_tokens=2,steps=4]", "obj-iou"]
+    assert first.methods[0].options.kernel_size == 5
+    second = plan("--method", "random", "--metric", "deletion", "--option", "deletion.steps=6")
+    assert [m.label for m in second.metrics] == ["deletion[max_tokens=2,steps=6]"]

@@ -171,7 +171,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise InputError("--batch must be at least 1")
     methods = _names(args.methods, "methods")
     metrics = _names(args.metrics, "metrics")
-    options = parse_options(args.options, [*methods, *metrics, dataset_cls.name])
+    given = parse_options(args.options, [*methods, *metrics, dataset_cls.name])
+    options = {name: {**dataset_cls.default_options.get(name, {}), **given.get(name, {})}
+               for name in {*given, *dataset_cls.default_options}}
     dataset = dataset_cls(root=args.data_root, **options.get(dataset_cls.name, {}))
     method_objs = [make_method(name, **options.get(name, {})) for name in methods]
     metric_objs = [NamedMetric.make(manager().get("metrics", name), options.get(name))
