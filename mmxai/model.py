@@ -15,7 +15,8 @@ the ``register_models`` hook; :func:`load_model` dispatches on it.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -344,6 +345,29 @@ class Model:
                       "record attention weights (slower, more memory)", stacklevel=2)
         self.hf.set_attn_implementation("eager")
         return True
+
+    @contextmanager
+    def fast_attention(self) -> Iterator[None]:
+        """PyTorch's fused attention (``sdpa``) for passes that need no attention weights.
+
+        Models load with eager attention, which methods that read attention weights need;
+        passes that only need logits (perturbation metrics: hundreds of forwards a sample)
+        run about a third faster with ``sdpa``. Logits agree to float rounding (~1e-4 on
+        float32). A model whose code lacks ``sdpa`` keeps its kernel.
+        """
+        current = getattr(self.hf.config, "_attn_implementation", None)
+        if current in (None, "sdpa"):
+            yield
+            return
+        try:
+            self.hf.set_attn_implementation("sdpa")
+        except (ValueError, ImportError, NotImplementedError):
+            yield
+            return
+        try:
+            yield
+        finally:
+            self.hf.set_attn_implementation(current)
 
 
 def wrap(hf_model: torch.nn.Module, processor: Any, model_id: str | None = None) -> Model:

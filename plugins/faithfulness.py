@@ -136,14 +136,15 @@ def token_probabilities(model: Model, variants: list[Inputs], sequence: torch.Te
     """
     features = [forced_features(v, sequence[:-1]) for v in variants]
     out = []
-    for start in range(0, len(features), max(1, batch)):
-        chunk = features[start:start + max(1, batch)]
-        wanted = positions[start:start + len(chunk)]
-        try:
-            out.append(_log_probs(model, _stack(chunk), sequence, wanted))
-        except (RuntimeError, ValueError, IndexError):  # inputs that do not stack
-            out.extend(_log_probs(model, f, sequence, [q]) for f, q in zip(chunk, wanted,
-                                                                          strict=True))
+    with model.fast_attention():
+        for start in range(0, len(features), max(1, batch)):
+            chunk = features[start:start + max(1, batch)]
+            wanted = positions[start:start + len(chunk)]
+            try:
+                out.append(_log_probs(model, _stack(chunk), sequence, wanted))
+            except (RuntimeError, ValueError, IndexError):  # inputs that do not stack
+                out.extend(_log_probs(model, f, sequence, [q]) for f, q in zip(chunk, wanted,
+                                                                              strict=True))
     return np.exp(np.concatenate([np.atleast_1d(o) for o in out]))
 
 

@@ -55,3 +55,15 @@ def test_top_level_explain_returns_per_token_maps(tiny_model):
     assert isinstance(result, mmxai.Explanation)
     assert result.maps.shape == (result.trace.n_generated, len(result.trace.image_positions))
     assert result.image_map(0).shape == (60, 80)
+
+
+def test_fast_attention_gives_the_same_logits_and_restores_eager(tiny_family, tiny_model):
+    model = tiny_model(tiny_family)
+    inputs = model.build_inputs([Image.new("RGB", (64, 48), (200, 40, 40))], "Describe it.")
+    with torch.no_grad():
+        eager = model.hf(**inputs.features).logits
+        with model.fast_attention():
+            assert model.hf.config._attn_implementation == "sdpa"
+            fast = model.hf(**inputs.features).logits
+    assert model.hf.config._attn_implementation == "eager"
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
