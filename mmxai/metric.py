@@ -48,6 +48,17 @@ class EvalItem:
     mask: np.ndarray | None = None
     cost: dict[str, float] = field(default_factory=dict)
 
+    def explained_tokens(self, limit: int = 0) -> list[int]:
+        """The tokens that costly metrics explain: the nouns' tokens if the answer has any,
+        else every token but special ones; the first ``limit`` of them (0: all)."""
+        nouns = [t for w in self.words if getattr(w, "kind", None) == "noun" for t in w.tokens]
+        if not nouns:
+            special = set(self.model.tokenizer.all_special_ids)
+            nouns = [j for j, t in enumerate(self.trace.generated_ids.tolist())
+                     if t not in special]
+        tokens = sorted(set(nouns))
+        return tokens[:limit] if limit > 0 else tokens
+
 
 class Metric:
     name: ClassVar[str] = ""
@@ -69,7 +80,15 @@ class Metric:
         """This sample's contribution: named lists of values, pooled over samples."""
         raise NotImplementedError
 
+    #: Set with :meth:`from_means` when ``aggregate`` is a function of the pooled means of
+    #: these parts: bootstrap and permutation tests then run vectorised, not in Python.
+    pooled_means: ClassVar[tuple[str, ...]] = ()
+
     def aggregate(self, parts: Sequence[Parts]) -> float:
         """Pool the samples' parts into one number; default: the mean of part ``value``."""
         values = [v for p in parts for v in p.get("value", [])]
         return float(np.mean(values)) if values else float("nan")
+
+    def from_means(self, *means: np.ndarray) -> np.ndarray:
+        """``aggregate`` from arrays of pooled means of ``pooled_means`` (NaN: no entry)."""
+        raise NotImplementedError

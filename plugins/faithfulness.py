@@ -132,9 +132,11 @@ def token_probabilities(model: Model, variants: list[Inputs], sequence: torch.Te
     read at ``positions[i]``, teacher-forcing ``sequence`` (without its last token).
 
     Variants go through the model ``batch`` at a time when their features stack; else one
-    by one. Only the logits at the positions asked for are computed.
+    by one. The sequence stops at the last position asked for (causal attention: later
+    tokens cannot change it), and only the logits at the positions asked for are computed.
     """
-    features = [forced_features(v, sequence[:-1]) for v in variants]
+    end = max(positions) + 1
+    features = [forced_features(v, sequence[:end]) for v in variants]
     out = []
     with model.fast_attention():
         for start in range(0, len(features), max(1, batch)):
@@ -160,15 +162,6 @@ def _log_probs(model: Model, features: dict[str, Any], sequence: torch.Tensor,
     rows = torch.arange(len(positions))
     log_probs = logits[rows, column.to(logits.device)].float().log_softmax(dim=-1)
     return log_probs[rows, targets.to(log_probs.device)].cpu().numpy()
-
-
-def explained_tokens(item: EvalItem, limit: int) -> list[int]:
-    """Nouns' tokens if the answer has any, else all but special tokens; at most ``limit``."""
-    nouns = [t for w in item.words if getattr(w, "kind", None) == "noun" for t in w.tokens]
-    if not nouns:
-        special = set(item.model.tokenizer.all_special_ids)
-        nouns = [j for j, t in enumerate(item.trace.generated_ids.tolist()) if t not in special]
-    return sorted(set(nouns))[:limit]
 
 
 class _Perturbation(Metric):
@@ -201,13 +194,13 @@ class _Perturbation(Metric):
         steps = self.options.steps
         fractions = np.arange(1, steps) / steps
         width, height = image.size
-        tokens = explained_tokens(item, self.options.max_tokens)
-        variants, positions = [], []
+        tokens = item.explained_tokens(self.options.max_tokens)
+        images, positions = [], []
         for j in tokens:
             ranks = pixel_ranks(to_image(item.maps[j], trace.grids, 0, (height, width)))
-            images = perturbed_images(image, baseline, ranks, fractions, self.deletion)
-            variants += item.model.swap_each(trace.inputs, images)
-            positions += [trace.generating_position(j)] * len(images)
+            images += perturbed_images(image, baseline, ranks, fractions, self.deletion)
+            positions += [trace.generating_position(j)] * len(fractions)
+        variants = item.model.swap_each(trace.inputs, images)  # one processor call
         middle = token_probabilities(item.model, variants, trace.sequence, positions,
                                      self.options.batch).reshape(len(tokens), -1)
         return {"value": [auc(np.concatenate([[start[j]], row, [end[j]]]))

@@ -247,10 +247,18 @@ class F1IoU(LocalisationMetric):
         result = localise(item, self.options)
         return {"obj": list(result.obj), "func": list(result.func)}
 
+    pooled_means = ("obj", "func")
+
     def aggregate(self, parts: Sequence[Parts]) -> float:
         obj = [v for p in parts for v in p.get("obj", [])]
         func = [v for p in parts for v in p.get("func", [])]
         return f1_iou(obj, func)
+
+    def from_means(self, obj: np.ndarray, func: np.ndarray) -> np.ndarray:
+        total = obj + func
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, 2.0 * obj * func / np.where(total > 0, total, 1.0),
+                            np.where(np.isnan(total), np.nan, 0.0))
 
 
 def f1_iou(obj: Sequence[float], func: Sequence[float]) -> float:

@@ -81,6 +81,7 @@ def randomised_copy(model: Model, top: float, seed: int) -> Model:
 class RandomisationOptions:
     top: float = 0.5  # share of decoder layers randomised, counted from the top
     seed: int = 0
+    max_tokens: int = 0  # 0: every generated token; else the first nouns' tokens (as deletion)
 
 
 class Randomisation(Metric):
@@ -113,9 +114,11 @@ class Randomisation(Metric):
             trace.cache[key] = forced_trace(random_model, trace.inputs, trace.generated_ids,
                                             item.method.needs)
         again = trace.cache[key]
-        tokens = list(range(trace.n_generated))
+        tokens = (item.explained_tokens(self.options.max_tokens) if self.options.max_tokens
+                  else list(range(trace.n_generated)))
         after = np.asarray(item.method.explain(again, tokens), dtype=np.float32)
-        return {"value": [spearman(a, b) for a, b in zip(item.maps, after, strict=True)]}
+        return {"value": [spearman(item.maps[j], b) for j, b in zip(tokens, after,
+                                                                     strict=True)]}
 
 
 @hookimpl

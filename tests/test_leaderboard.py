@@ -37,6 +37,27 @@ def test_vectorised_and_generic_bootstrap_agree():
         bootstrap_ci(data, GENERIC, 300, seed=5))
 
 
+def test_vectorised_f1_iou_equals_its_aggregate_on_every_resample():
+    from mmxai.plugins.localisation import F1IoU
+
+    f1 = F1IoU()
+    fast = Scorer(f1.aggregate, pooled_means=F1IoU.pooled_means, from_means=f1.from_means)
+    slow = Scorer(f1.aggregate)
+    rng = np.random.default_rng(4)
+    data = [{"obj": list(rng.random(rng.integers(0, 3))),
+             "func": list(rng.random(rng.integers(0, 3)) * (i % 5 > 0))} for i in range(25)]
+    data += [{"obj": [0.0], "func": [0.0]}, {"obj": [], "func": []}]
+    assert fast.score(data) == pytest.approx(slow.score(data))
+    assert bootstrap_ci(data, fast, 300, seed=2) == pytest.approx(
+        bootstrap_ci(data, slow, 300, seed=2))
+    other = [{"obj": list(rng.random(2)), "func": list(rng.random(1))} for _ in data]
+    assert paired_permutation_p(data, other, fast, 300, seed=1) == pytest.approx(
+        paired_permutation_p(data, other, slow, 300, seed=1))
+    zero = [{"obj": [0.0], "func": [0.0]}]
+    assert fast.score(zero) == slow.score(zero) == 0.0
+    assert np.isnan(fast.score([{"obj": [0.5], "func": []}]))
+
+
 def test_bootstrap_interval_of_a_constant_is_the_constant_and_covers_the_mean():
     assert bootstrap_ci(parts([0.4] * 10), MEAN) == pytest.approx((0.4, 0.4))
     data = parts(np.random.default_rng(0).normal(1.0, 0.5, 200))

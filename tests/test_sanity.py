@@ -68,6 +68,17 @@ def test_a_method_that_ignores_the_model_fails_the_check(tiny_model):
     assert metric.randomised(model) is metric.randomised(model)  # built once per model
 
 
+def test_max_tokens_scores_the_explained_tokens_only(tiny_model):
+    model = tiny_model(FAMILY)
+    trace = traced(model, n_tokens=4, needs=Needs())
+    lens = item(model, trace, "logit-lens")
+    every = Randomisation().measure(lens)["value"]
+    chosen = lens.explained_tokens(2)
+    assert len(chosen) == 2 and chosen == lens.explained_tokens()[:2]
+    some = Randomisation(max_tokens=2).measure(lens)["value"]
+    assert some == pytest.approx([every[j] for j in chosen])
+
+
 def test_registered_and_validated():
     assert manager().get("metrics", "randomisation") is Randomisation
     assert not Randomisation.higher_is_better and Randomisation.category == "sanity"

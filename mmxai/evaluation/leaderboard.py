@@ -115,8 +115,10 @@ def metric_info(label: str, provenance: Sequence[dict[str, Any]]) -> MetricInfo:
                           str(stored.get("category", "")))
     metric = cls()
     pooled = "value" if type(metric).aggregate is Metric.aggregate else None
+    vectorised = (dict(pooled_means=cls.pooled_means, from_means=metric.from_means)
+                  if cls.pooled_means else {})
     return MetricInfo(label, name, cls.higher_is_better, cls.category,
-                      Scorer(metric.aggregate, pooled))
+                      Scorer(metric.aggregate, pooled, **vectorised))
 
 
 def _labels(keys: Sequence[RunKey]) -> dict[RunKey, str]:

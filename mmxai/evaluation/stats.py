@@ -41,19 +41,18 @@ class Scorer:
 
     aggregate: Aggregate
     pooled_part: str | None = None
+    #: Or: ``aggregate`` is ``from_means`` of the pooled means of these parts.
+    pooled_means: tuple[str, ...] = ()
+    from_means: Callable[..., np.ndarray] | None = None
 
     def prepare(self, parts: Sequence[Parts]) -> Callable[[np.ndarray], np.ndarray]:
         """A function from resample indices (B, n) to the B aggregates."""
         if self.pooled_part is not None:
-            values = [np.asarray(p.get(self.pooled_part, []), dtype=np.float64) for p in parts]
-            sums = np.array([v.sum() for v in values])
-            counts = np.array([v.size for v in values], dtype=np.float64)
-
-            def pooled(index: np.ndarray) -> np.ndarray:
-                total, count = sums[index].sum(axis=-1), counts[index].sum(axis=-1)
-                return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
-
-            return pooled
+            return _pooled_mean(parts, self.pooled_part)
+        if self.pooled_means and self.from_means is not None:
+            means = [_pooled_mean(parts, name) for name in self.pooled_means]
+            combine = self.from_means
+            return lambda index: combine(*(mean(index) for mean in means))
 
         def generic(index: np.ndarray) -> np.ndarray:
             return np.array([self.aggregate([parts[i] for i in row]) for row in index])
@@ -62,6 +61,19 @@ class Scorer:
 
     def score(self, parts: Sequence[Parts]) -> float:
         return float(self.prepare(parts)(np.arange(len(parts))[None])[0])
+
+
+def _pooled_mean(parts: Sequence[Parts], name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Resample indices (B, n) -> the mean of part ``name`` pooled over each resample."""
+    values = [np.asarray(p.get(name, []), dtype=np.float64) for p in parts]
+    sums = np.array([v.sum() for v in values])
+    counts = np.array([v.size for v in values], dtype=np.float64)
+
+    def pooled(index: np.ndarray) -> np.ndarray:
+        total, count = sums[index].sum(axis=-1), counts[index].sum(axis=-1)
+        return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+
+    return pooled
 
 
 def resample(n: int, n_boot: int, seed: int) -> np.ndarray:
