@@ -1,17 +1,20 @@
 """Train the bundled testbed: a tiny LLaVA (CLIP vision tower + Llama decoder) that captions
 the synthetic scenes, the way real MLLMs are trained.
 
+0. **Vision pretraining.** The CLIP tower alone tags scenes with their caption's colour and
+   shape words (a stand-in for the pretrained encoder a real MLLM starts from).
 1. **Text pretraining.** The decoder alone, input and output embeddings tied, on a corpus
-   where words must be copied from context (``red circle . the circle is red .``; lists of
-   ``colour shape`` pairs among filler words, then a caption that copies them in order), so
+   where words must be copied from context (``red circle . the circle is red .``; then
+   ``colour shape`` pairs among filler words and a caption that copies them in order), so
    that copy circuits exist before any image is seen.
-2. **Alignment** (LLaVA stage 1). The decoder frozen, the vision tower and projector learn
-   to caption scenes: image tokens must become something the frozen copy circuits read.
+2. **Alignment** (LLaVA stage 1). The decoder frozen, the projector (and, slowly, the
+   vision tower) learn to caption scenes: image tokens must become something the frozen
+   copy circuits read.
 3. **Joint fine-tuning** of everything on captioning.
 
-No loss touches an attribution map or a mask: the only targets are caption tokens (and the
+No loss touches an attribution map or a mask: the only targets are caption words (and the
 text corpus). Run with ``nice -n 19 python -m mmxai.datasets.train_testbed --out DIR``;
-CPU, one thread, deterministic for a seed.
+CPU, one thread, deterministic for a seed; :class:`Recipe` holds the steps and rates.
 
 The measurements (:func:`caption_accuracy`, :func:`readout`) are also what the tests use.
 """
@@ -23,6 +26,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -376,54 +380,110 @@ def eval_scenes(n: int = EVAL_SIZE) -> list[Scene]:
 
 
 # -- the recipe ---------------------------------------------------------------------------
-def train(seed: int, steps: Sequence[int], batch_size: int,
-          lrs: Sequence[float]) -> tuple[torch.nn.Module, object, dict]:
+@dataclass(frozen=True)
+class Recipe:
+    """Steps and peak learning rates of each stage. After stage 0 the vision tower trains
+    only slowly during alignment and is frozen in joint fine-tuning, as LLaVA-1.5 keeps its
+    CLIP encoder frozen: captioning gradients otherwise wash out what stage 0 learned
+    (docs/benchmark.md gives the runs)."""
+
+    vision_steps: int = 2000
+    vision_lr: float = 5e-3
+    copy_steps: int = 800  # text stage, part 1: the short copy texts only
+    text_steps: int = 1000  # text stage, part 2: all texts, filler contexts included
+    text_lrs: tuple[float, float] = (3e-3, 2e-3)
+    align_steps: int = 600
+    align_lr: float = 2e-3
+    joint_steps: int = 3000
+    joint_lr: float = 2e-3
+    tower_scale: tuple[float, float] = (0.1, 0.0)  # vision-tower lr factor in stages 2, 3
+    batch_size: int = 32
+
+    def scaled(self, factor: float) -> Recipe:
+        """The same recipe with every step count multiplied (short smoke runs)."""
+        counts = ("vision_steps", "copy_steps", "text_steps", "align_steps", "joint_steps")
+        return replace(self, **{k: max(1, round(getattr(self, k) * factor)) for k in counts})
+
+
+def train(seed: int, recipe: Recipe = Recipe()) -> tuple[torch.nn.Module, object, dict]:
     """Run the four stages; returns the model, the processor and the run's record."""
     streams = {"align": seed, "joint": seed + 10_000, "vision": seed + 20_000}
     if EVAL_SEED in streams.values():
         raise ValueError(f"seed {seed} would train on the evaluation split's stream")
-    torch.manual_seed(seed)
     processor = build_processor()
     model = build_model(processor.tokenizer, seed)
     batcher = Batcher(processor)
     rng = np.random.default_rng(seed)
-    language = [p for n, p in model.named_parameters() if n.startswith("model.language_model")]
-    vision = [p for n, p in model.named_parameters()
-              if not n.startswith("model.language_model") and not n.startswith("lm_head")]
-    record: dict = {"seed": seed, "steps": list(steps), "batch_size": batch_size,
-                    "lrs": list(lrs)}
+    parts: dict[str, list[torch.nn.Parameter]] = {"language": [], "tower": [], "projector": []}
+    for name, param in model.named_parameters():  # the tied lm_head is the embedding
+        key = ("language" if name.startswith("model.language_model")
+               else "tower" if name.startswith("model.vision_tower") else "projector")
+        parts[key].append(param)
+    record: dict = {"seed": seed, "recipe": asdict(recipe)}
+    batch = recipe.batch_size
+    losses = {}
     start = time.time()
+
     words = tuple(COLOURS) + SHAPES
     tagger = Tagger(model, words)
-    losses = {}
     losses["0 vision"] = train_stage(
-        tagger, list(tagger.parameters()),
-        tag_batches(batcher, words, streams["vision"], 2 * batch_size), steps[0], lrs[0],
+        tagger, [(list(tagger.parameters()), recipe.vision_lr)],
+        tag_batches(batcher, words, streams["vision"], 2 * batch), recipe.vision_steps,
         "0 vision")
-    losses["1 text"] = train_stage(model, language, text_batches(batcher, rng, batch_size),
-                                   steps[1], lrs[1], "1 text")
-    for p in language:
-        p.requires_grad_(False)
-    align = scene_batches(batcher, streams["align"], batch_size)
-    losses["2 align"] = train_stage(model, vision, align, steps[2], lrs[2], "2 align")
-    record["align_seconds"] = round(time.time() - start, 1)
-    pause = time.time()  # a look at the held-out captions, not counted as training time
+
+    losses["1 text"] = train_stage(
+        model, [(parts["language"], recipe.text_lrs[0])],
+        text_batches(batcher, rng, batch, kinds=(0, 1)), recipe.copy_steps, "1 text")
+    losses["1 text"] += train_stage(
+        model, [(parts["language"], recipe.text_lrs[1])],
+        text_batches(batcher, rng, batch), recipe.text_steps, "1 text")
+
+    for param in parts["language"]:
+        param.requires_grad_(False)
+    losses["2 align"] = train_stage(
+        model, [(parts["projector"], recipe.align_lr),
+                (parts["tower"], recipe.align_lr * recipe.tower_scale[0])],
+        scene_batches(batcher, streams["align"], batch), recipe.align_steps, "2 align")
+    pause = time.time()  # a look at held-out captions, not counted as training time
     record["after_align"] = {"exact_match": caption_accuracy(model, processor, eval_scenes(100))}
     start += time.time() - pause
-    for p in language:
-        p.requires_grad_(True)
-    joint = scene_batches(batcher, streams["joint"], batch_size)
-    losses["3 joint"] = train_stage(model, list(model.parameters()), joint, steps[3], lrs[3],
-                                    "3 joint")
-    record["final_losses"] = {k: round(float(np.mean(v[-50:])), 4) for k, v in losses.items()}
+    for param in parts["language"]:
+        param.requires_grad_(True)
+    groups = [(parts["language"] + parts["projector"], recipe.joint_lr)]
+    if recipe.tower_scale[1] > 0:
+        groups.append((parts["tower"], recipe.joint_lr * recipe.tower_scale[1]))
+    else:  # frozen: no gradients computed, as in LLaVA-1.5's second stage
+        for param in parts["tower"]:
+            param.requires_grad_(False)
+
+    losses["3 joint"] = train_stage(
+        model, groups,
+        scene_batches(batcher, streams["joint"], batch), recipe.joint_steps, "3 joint")
     record["train_seconds"] = round(time.time() - start, 1)
+    record["final_losses"] = {k: round(float(np.mean(v[-50:])), 4) for k, v in losses.items()}
     return model, processor, record
 
 
 # -- the model card -----------------------------------------------------------------------
+def scores_section(record: dict) -> str:
+    """The card's table of method scores: the default ``mmxai compare`` run's leaderboard."""
+    scores = record.get("scores")
+    if not scores:
+        return ""
+    return f"""
+## Attribution methods on the held-out split
+`{scores["command"]}` ({scores["seconds"]:.0f} s on {scores["machine"]}); the table is
+that run's `leaderboard.md`, metrics as in `docs/evaluation.md`, discussion in
+`docs/benchmark.md`.
+
+{scores["table"].strip()}
+"""
+
+
 def model_card(record: dict) -> str:
     """The bundled model's README: what it is, how it was trained, what it scores."""
-    steps, lrs, batch = record["steps"], record["lrs"], record["batch_size"]
+    r = record["recipe"]
+    batch = r["batch_size"]
     readout_ = record["readout"]
     minutes = record["train_seconds"] / 60
     return f"""# mmxai testbed: a tiny LLaVA that captions the synthetic scenes
@@ -447,27 +507,31 @@ It is not a general-purpose model: it knows {len(WORDS)} words and one prompt.
 
 ## Training (seed {record["seed"]}, {minutes:.1f} min on one CPU thread)
 No loss touches a mask or an attribution map: the targets are caption words only.
-1. Vision pretraining ({steps[0]} steps, batch {2 * batch}, lr {lrs[0]:g}): the CLIP tower
-   with a linear head (discarded) predicts which colour and shape words a scene's caption
-   has, from the maximum over its patch tokens. It stands in for CLIP's own pretraining.
-2. Text pretraining ({steps[1]} steps, batch {batch}, lr {lrs[1]:g}): the decoder alone, on
-   text that must be copied from context (`red circle . the circle is red .`, captions of
-   `colour shape` pairs scattered among filler words), so that copy circuits exist.
-3. Alignment ({steps[2]} steps, batch {batch}, lr {lrs[2]:g}): decoder frozen; the vision
-   tower and projector learn to caption scenes (LLaVA's stage 1). Held-out exact match
-   after this stage: {record["after_align"]["exact_match"]:.1%} (100 scenes).
-4. Joint fine-tuning ({steps[3]} steps, batch {batch}, lr {lrs[3]:g}): everything, on
-   captioning (LLaVA's stage 2).
+0. Vision pretraining ({r["vision_steps"]} steps, batch {2 * batch}, lr {r["vision_lr"]:g}): the
+   CLIP tower with a linear head (discarded) predicts which colour and shape words a
+   scene's caption has, from the maximum over its patch tokens. It stands in for the
+   vision encoder's own pretraining (CLIP's, in LLaVA).
+1. Text pretraining (batch {batch}): the decoder alone, on text that must be copied from
+   context: {r["copy_steps"]} steps at lr {r["text_lrs"][0]:g} on `red circle . the circle is red .`
+   and `the circle is red . a red circle .` texts, then {r["text_steps"]} steps at lr
+   {r["text_lrs"][1]:g} adding captions of `colour shape` pairs scattered among filler words
+   (and an achromatic pair the caption must skip), so that copy circuits exist.
+2. Alignment ({r["align_steps"]} steps, batch {batch}, lr {r["align_lr"]:g}, the vision tower at
+   {r["tower_scale"][0]:g}x): decoder frozen; projector and vision tower learn to caption scenes
+   (LLaVA's stage 1). Held-out exact match after this stage:
+   {record["after_align"]["exact_match"]:.1%} (100 scenes).
+3. Joint fine-tuning ({r["joint_steps"]} steps, batch {batch}, lr {r["joint_lr"]:g}, the vision
+   tower at {r["tower_scale"][1]:g}x): everything, on captioning (LLaVA's stage 2).
 
-AdamW (weight decay 0.01), linear warm-up over 50 steps then cosine decay to a tenth,
-gradient clipping at 1. Training scenes come from generator streams {record["seed"]},
-{record["seed"] + 10_000} and {record["seed"] + 20_000}, never the held-out stream
-{EVAL_SEED}. Final training losses: {", ".join(f"{k} {v}" for k, v in
-record["final_losses"].items())}. Versions: {", ".join(f"{k} {v}" for k, v in
-record["versions"].items())}.
+AdamW (weight decay 0.01), linear warm-up over 50 steps then cosine decay to a tenth, per
+stage; gradient clipping at 1. Training scenes come from generator streams
+{record["seed"]}, {record["seed"] + 10_000} and {record["seed"] + 20_000}, never the held-out
+stream {EVAL_SEED}. Final training losses (mean of the last 50 steps):
+{", ".join(f"{k} {v}" for k, v in record["final_losses"].items())}. Versions:
+{", ".join(f"{k} {v}" for k, v in record["versions"].items())}.
 
-Reproduce: `nice -n 19 python -m mmxai.datasets.train_testbed --out DIR --seed
-{record["seed"]} --steps {" ".join(map(str, steps))} --lrs {" ".join(f"{x:g}" for x in lrs)}`.
+Reproduce (bit-identical on the same versions, one thread):
+`nice -n 19 python -m mmxai.datasets.train_testbed --out DIR --seed {record["seed"]}`.
 
 ## Evaluation ({record["eval_size"]} held-out scenes, the shipped split)
 | measure | value |
@@ -482,6 +546,7 @@ scores it against the patches the object's mask touches ({readout_["n_words"]} w
 Chance is 0.5 AUROC; a random patch lands on the object {readout_["pointing_chance"]:.1%} of
 the time.
 
+{scores_section(record)}
 ## Limitations
 Trained on one synthetic distribution; captions outside the grammar, other prompts and
 other image sizes are out of scope. Its internals are shaped by this small recipe and need
@@ -489,17 +554,35 @@ not resemble a large MLLM's; the benchmark's documentation says what that allows
 """
 
 
+def add_scores(folder: Path, leaderboard_md: Path, command: str, seconds: float,
+               machine: str) -> None:
+    """Record a default run's leaderboard in ``training.json`` and rewrite the card."""
+    record = json.loads((folder / "training.json").read_text())
+    record["scores"] = {"command": command, "seconds": seconds, "machine": machine,
+                        "table": leaderboard_md.read_text()}
+    (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    (folder / "README.md").write_text(model_card(record))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scores", type=Path, metavar="LEADERBOARD_MD",
+                        help="do not train: add this default run's leaderboard to the card "
+                             "in --out (with --command, --seconds, --machine)")
+    parser.add_argument("--command", default="mmxai compare")
+    parser.add_argument("--seconds", type=float, default=0.0)
+    parser.add_argument("--machine", default="2 CPU cores")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--steps", type=int, nargs=4, default=(2000, 1200, 600, 2400))
-    parser.add_argument("--lrs", type=float, nargs=4, default=(5e-3, 3e-3, 2e-3, 1e-3))
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply every stage's steps (e.g. 0.05 for a smoke run)")
     parser.add_argument("--eval-size", type=int, default=EVAL_SIZE)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    model, processor, record = train(args.seed, args.steps, args.batch_size, args.lrs)
+    if args.scores:
+        add_scores(args.out, args.scores, args.command, args.seconds, args.machine)
+        return
+    torch.set_num_threads(1)  # deterministic, and the machine is shared
+    model, processor, record = train(args.seed, Recipe().scaled(args.scale))
     scenes = eval_scenes(args.eval_size)
     record["eval_size"] = len(scenes)
     record["exact_match"] = caption_accuracy(model, processor, scenes)
