@@ -112,5 +112,6 @@ def test_default_compare_runs_every_method_and_metric_on_the_bundled_benchmark(t
     names = {m["label"].split("[")[0] for m in board["metrics"]}
     assert names == set(manager().items("metrics"))
     assert board["provenance"][0]["dataset"] == "synthetic"
+    assert [r["model"] for r in board["rows"]][0] == "testbed"  # not this machine's path
     for name in ("leaderboard.md", "leaderboard.tex", "leaderboard.csv", "references.bib"):
         assert (out / name).stat().st_size > 0

@@ -155,7 +155,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     dataset_cls = (manager().get("datasets", args.dataset) if args.dataset
                    else default_benchmark())
     models = args.models or []
-    if not models:
+    bundled = not models
+    if bundled:
         default = getattr(dataset_cls, "default_model", None)
         if not default:
             raise MMXAIError(f"dataset {dataset_cls.name!r} has no default_model; pass --model")
@@ -180,7 +181,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                    for name in metrics]
     device = resolve_device(args.device)
     return Plan(args, dataset, method_objs, metric_objs, models,
-                [model_label(spec) for spec in models], device,
+                # the bundled model is keyed by its folder's name, not this machine's path
+                [Path(models[0]).name] if bundled else [model_label(s) for s in models], device,
                 args.batch or default_batch(device))
 
 
