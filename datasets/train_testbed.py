@@ -472,7 +472,7 @@ def scores_section(record: dict) -> str:
         return ""
     return f"""
 ## Attribution methods on the held-out split
-`{scores["command"]}` ({scores["seconds"]:.0f} s on {scores["machine"]}); the table is
+`{scores["command"]}`: {scores["seconds"]:.0f} s on {scores["machine"]}. The table is
 that run's `leaderboard.md`, metrics as in `docs/evaluation.md`, discussion in
 `docs/benchmark.md`.
 
@@ -486,6 +486,9 @@ def model_card(record: dict) -> str:
     batch = r["batch_size"]
     readout_ = record["readout"]
     minutes = record["train_seconds"] / 60
+    joint = ("decoder and projector, the vision tower frozen (as LLaVA-1.5 keeps its encoder "
+             "frozen)" if not r["tower_scale"][1]
+             else f"everything, the vision tower at {r['tower_scale'][1]:g}x")
     return f"""# mmxai testbed: a tiny LLaVA that captions the synthetic scenes
 
 A real `LlavaForConditionalGeneration` (CLIP vision tower + Llama decoder), small enough to
@@ -520,8 +523,8 @@ No loss touches a mask or an attribution map: the targets are caption words only
    {r["tower_scale"][0]:g}x): decoder frozen; projector and vision tower learn to caption scenes
    (LLaVA's stage 1). Held-out exact match after this stage:
    {record["after_align"]["exact_match"]:.1%} (100 scenes).
-3. Joint fine-tuning ({r["joint_steps"]} steps, batch {batch}, lr {r["joint_lr"]:g}, the vision
-   tower at {r["tower_scale"][1]:g}x): everything, on captioning (LLaVA's stage 2).
+3. Joint fine-tuning ({r["joint_steps"]} steps, batch {batch}, lr {r["joint_lr"]:g}): {joint}, on
+   captioning (LLaVA's stage 2).
 
 AdamW (weight decay 0.01), linear warm-up over 50 steps then cosine decay to a tenth, per
 stage; gradient clipping at 1. Training scenes come from generator streams
