@@ -246,7 +246,8 @@ def train_stage(model: torch.nn.Module, groups: Sequence[tuple[list[torch.nn.Par
     for step in range(steps):
         for group, (_, lr) in zip(optimizer.param_groups, groups, strict=True):
             group["lr"] = schedule(step, steps, lr)
-        loss = model(**next(batches)).loss
+        device = next(model.parameters()).device
+        loss = model(**{k: v.to(device) for k, v in next(batches).items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -315,12 +316,17 @@ def captions(model: torch.nn.Module, processor, scenes: Sequence[Scene],
     out = []
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start:start + batch_size]
-        features = batcher.prompt_features(chunk)
+        features = to_device(batcher.prompt_features(chunk), model)
         generated = model.generate(**features, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
                                    num_beams=1)
         answers = generated[:, features["input_ids"].shape[1]:]
         out += processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
     return [" ".join(text.split()) for text in out]
+
+
+def to_device(features: dict, model: torch.nn.Module) -> dict:
+    device = next(model.parameters()).device
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
 
 
 def caption_accuracy(model: torch.nn.Module, processor, scenes: Sequence[Scene]) -> float:
@@ -358,15 +364,15 @@ def readout(model: torch.nn.Module, processor, scenes: Sequence[Scene]) -> dict[
     aurocs, hits, chance = [], [], []
     for start in range(0, len(scenes), 50):
         chunk = scenes[start:start + 50]
-        features = batcher.prompt_features(chunk)
+        features = to_device(batcher.prompt_features(chunk), model)
         out = model(**features, output_hidden_states=True)
         hidden = model.model.language_model.norm(out.hidden_states[-1])
         for row, scene in enumerate(chunk):
-            positions = (features["input_ids"][row] == image_id).nonzero()[:, 0]
+            positions = (features["input_ids"][row] == image_id).nonzero()[:, 0].cpu()
             states = hidden[row, positions]  # (GRID*GRID, d)
             for word, label in scene.word_labels().items():
                 column = model.lm_head.weight[tokenizer.convert_tokens_to_ids(word)]
-                scores = (states @ column).float().numpy()
+                scores = (states @ column).float().cpu().numpy()
                 inside = patch_coverage(scene.mask == label) > 0
                 aurocs.append(auroc(scores, inside))
                 hits.append(bool(inside[int(scores.argmax())]))
@@ -405,13 +411,15 @@ class Recipe:
         return replace(self, **{k: max(1, round(getattr(self, k) * factor)) for k in counts})
 
 
-def train(seed: int, recipe: Recipe = Recipe()) -> tuple[torch.nn.Module, object, dict]:
-    """Run the four stages; returns the model, the processor and the run's record."""
+def train(seed: int, recipe: Recipe = Recipe(),
+          device: str = "cpu") -> tuple[torch.nn.Module, object, dict]:
+    """Run the four stages on ``device``; returns the model (back on the CPU), the
+    processor and the run's record."""
     streams = {"align": seed, "joint": seed + 10_000, "vision": seed + 20_000}
     if EVAL_SEED in streams.values():
         raise ValueError(f"seed {seed} would train on the evaluation split's stream")
     processor = build_processor()
-    model = build_model(processor.tokenizer, seed)
+    model = build_model(processor.tokenizer, seed).to(device)
     batcher = Batcher(processor)
     rng = np.random.default_rng(seed)
     parts: dict[str, list[torch.nn.Parameter]] = {"language": [], "tower": [], "projector": []}
@@ -425,7 +433,7 @@ def train(seed: int, recipe: Recipe = Recipe()) -> tuple[torch.nn.Module, object
     start = time.time()
 
     words = tuple(COLOURS) + SHAPES
-    tagger = Tagger(model, words)
+    tagger = Tagger(model, words).to(device)
     losses["0 vision"] = train_stage(
         tagger, [(list(tagger.parameters()), recipe.vision_lr)],
         tag_batches(batcher, words, streams["vision"], 2 * batch), recipe.vision_steps,
@@ -460,6 +468,8 @@ def train(seed: int, recipe: Recipe = Recipe()) -> tuple[torch.nn.Module, object
         model, groups,
         scene_batches(batcher, streams["joint"], batch), recipe.joint_steps, "3 joint")
     record["train_seconds"] = round(time.time() - start, 1)
+    record["device"] = str(device)
+    model.to("cpu")
     record["final_losses"] = {k: round(float(np.mean(v[-50:])), 4) for k, v in losses.items()}
     return model, processor, record
 
@@ -486,6 +496,8 @@ def model_card(record: dict) -> str:
     batch = r["batch_size"]
     readout_ = record["readout"]
     minutes = record["train_seconds"] / 60
+    where = ("one CPU thread" if record.get("device", "cpu") == "cpu"
+             else f"`{record['device']}`")
     joint = ("decoder and projector, the vision tower frozen (as LLaVA-1.5 keeps its encoder "
              "frozen)" if not r["tower_scale"][1]
              else f"everything, the vision tower at {r['tower_scale'][1]:g}x")
@@ -508,7 +520,7 @@ It is not a general-purpose model: it knows {len(WORDS)} words and one prompt.
 - Processor: `LlavaProcessor` with `CLIPImageProcessorPil` at 64 px; chat template
   `USER: <image>\\n{{prompt}} ASSISTANT:`; the prompt is always `{PROMPT}`.
 
-## Training (seed {record["seed"]}, {minutes:.1f} min on one CPU thread)
+## Training (seed {record["seed"]}, {minutes:.1f} min on {where})
 No loss touches a mask or an attribution map: the targets are caption words only.
 0. Vision pretraining ({r["vision_steps"]} steps, batch {2 * batch}, lr {r["vision_lr"]:g}): the
    CLIP tower with a linear head (discarded) predicts which colour and shape words a
@@ -580,12 +592,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every stage's steps (e.g. 0.05 for a smoke run)")
     parser.add_argument("--eval-size", type=int, default=EVAL_SIZE)
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for training, e.g. cuda (default cpu: the bundled "
+                             "weights were trained there; another device gives other weights)")
     args = parser.parse_args(argv)
     if args.scores:
         add_scores(args.out, args.scores, args.command, args.seconds, args.machine)
         return
     torch.set_num_threads(1)  # deterministic, and the machine is shared
-    model, processor, record = train(args.seed, Recipe().scaled(args.scale))
+    model, processor, record = train(args.seed, Recipe().scaled(args.scale), args.device)
     scenes = eval_scenes(args.eval_size)
     record["eval_size"] = len(scenes)
     record["exact_match"] = caption_accuracy(model, processor, scenes)
