@@ -152,12 +152,13 @@ class Model:
             self.messages(prompt, n_images), add_generation_prompt=True, tokenize=False
         )
 
-    def preprocess(self, images: Sequence[Image.Image],
-                   text: str | Sequence[str]) -> dict[str, Any]:
+    def preprocess(self, images: Sequence[Image.Image], text: str | Sequence[str],
+                   **kwargs: Any) -> dict[str, Any]:
         """Run the processor on one text (or a batch of texts, the images in their order);
-        adapters override to resize or pass family options."""
+        adapters override to resize or pass family options (``kwargs``)."""
         texts = [text] if isinstance(text, str) else list(text)
-        return self.processor(images=list(images) or None, text=texts, return_tensors="pt")
+        return self.processor(images=list(images) or None, text=texts, return_tensors="pt",
+                              **kwargs)
 
     def build_inputs(self, images: Sequence[Image.Image], prompt: str) -> Inputs:
         images = [im.convert("RGB") for im in images]
@@ -208,7 +209,7 @@ class Model:
         text = self.chat_text(inputs.prompt, 1)
         batch = self._to_model(self.preprocess(images, [text] * len(images)))
         tensors = {k: v for k, v in batch.items() if torch.is_tensor(v)}
-        if any(v.shape[0] != len(images) for v in tensors.values()):
+        if any(v.dim() == 0 or v.shape[0] != len(images) for v in tensors.values()):
             return [self.swap_images(inputs, [im]) for im in images]
         ids = inputs.features["input_ids"]
         out = []

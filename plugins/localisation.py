@@ -242,12 +242,11 @@ class Recall(LocalisationMetric):
 class F1IoU(LocalisationMetric):
     name = "f1-iou"
     summary = "Harmonic mean of the pooled Obj-IoU and Func-IoU: TAM's headline number."
+    pooled_means = ("obj", "func")
 
     def measure(self, item: EvalItem) -> Parts:
         result = localise(item, self.options)
         return {"obj": list(result.obj), "func": list(result.func)}
-
-    pooled_means = ("obj", "func")
 
     def aggregate(self, parts: Sequence[Parts]) -> float:
         obj = [v for p in parts for v in p.get("obj", [])]
@@ -255,10 +254,9 @@ class F1IoU(LocalisationMetric):
         return f1_iou(obj, func)
 
     def from_means(self, obj: np.ndarray, func: np.ndarray) -> np.ndarray:
-        total = obj + func
+        total = obj + func  # NaN where either has no entry, and then so is the F1
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(total > 0, 2.0 * obj * func / np.where(total > 0, total, 1.0),
-                            np.where(np.isnan(total), np.nan, 0.0))
+            return np.where(total == 0, 0.0, 2.0 * obj * func / total)
 
 
 def f1_iou(obj: Sequence[float], func: Sequence[float]) -> float:

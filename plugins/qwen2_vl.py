@@ -79,16 +79,13 @@ class Qwen2VL(Model):
         return AutoModelForImageTextToText, image_only_processor(cls.processor_name)
 
     # -- inputs --------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image],
-                   text: str | Sequence[str]) -> dict[str, Any]:
-        kwargs = {}
+    def preprocess(self, images: Sequence[Image.Image], text: str | Sequence[str],
+                   **kwargs: Any) -> dict[str, Any]:
         if self.max_pixels is not None and images:
             shortest = self.processor.image_processor.size["shortest_edge"]
             kwargs["size"] = {"shortest_edge": min(shortest, self.max_pixels),
                               "longest_edge": self.max_pixels}
-        texts = [text] if isinstance(text, str) else list(text)
-        return self.processor(images=list(images) or None, text=texts, return_tensors="pt",
-                              **kwargs)
+        return super().preprocess(images, text, **kwargs)
 
     @property
     def merge_size(self) -> int:
