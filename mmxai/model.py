@@ -95,6 +95,9 @@ class Model:
     fixed_size: ClassVar[tuple[int, int] | None] = None
     #: Whether several samples may share one left-padded ``generate`` call (:meth:`collate`).
     supports_batching: ClassVar[bool] = True
+    #: Whether the processor's tensors for n images have one row per image, so that
+    #: :meth:`swap_each` can process them in one call (not: patches or tiles flattened).
+    rows_per_image: ClassVar[bool] = True
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any, model_id: str | None = None,
                  revision: str | None = None) -> None:
@@ -196,20 +199,23 @@ class Model:
 
         Equal to ``[swap_images(inputs, [im]) for im in images]``, but the processor runs
         once over all of them (its per-call overhead is several times a tiny model's
-        forward pass); when its outputs do not split into one row per image (patches
-        flattened across images, say), each image is processed on its own instead.
+        forward pass). Families whose outputs do not split into one row per image
+        (``rows_per_image`` False: patches or tiles flattened) process each image alone.
         """
         if len(inputs.images) != 1:
             raise InputError(f"swap_each needs inputs with one image, got {len(inputs.images)}")
         images = [im.convert("RGB") for im in images]
         if any(im.size != inputs.images[0].size for im in images):
             raise InputError("swap_each needs images of the original size")
-        if len(images) < 2:
-            return [self.swap_images(inputs, images)] if images else []
+        if not self.rows_per_image:
+            return [self.swap_images(inputs, [im]) for im in images]
+        if not images:
+            return []
         text = self.chat_text(inputs.prompt, 1)
         batch = self._to_model(self.preprocess(images, [text] * len(images)))
         tensors = {k: v for k, v in batch.items() if torch.is_tensor(v)}
         if any(v.dim() == 0 or v.shape[0] != len(images) for v in tensors.values()):
+            # an adapter that should say rows_per_image = False: correct, if not fast
             return [self.swap_images(inputs, [im]) for im in images]
         ids = inputs.features["input_ids"]
         out = []

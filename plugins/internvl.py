@@ -93,6 +93,7 @@ class InternVL(Model):
 
     name = "internvl"
     architectures = ("InternVLForConditionalGeneration",)
+    rows_per_image = False  # pixel_values: every image's tiles, concatenated
 
     @classmethod
     def hf_classes(cls) -> tuple[Any, Any]:

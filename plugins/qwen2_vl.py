@@ -65,6 +65,7 @@ class Qwen2VL(Model):
     architectures = ("Qwen2VLForConditionalGeneration",)
     processor_name = "Qwen2VLProcessor"
     config_name = "Qwen2VLConfig"
+    rows_per_image = False  # pixel_values: every image's patches, concatenated
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any, model_id: str | None = None,
                  revision: str | None = None, max_pixels: int | None = None) -> None:
