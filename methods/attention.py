@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 from mmxai.trace import Needs, Trace
 
-REDUCTIONS = ("mean", "max")
+Reduction = Literal["mean", "max"]
 
 ABNAR_2020 = """@inproceedings{abnar2020quantifying,
   title = {Quantifying Attention Flow in Transformers},
@@ -44,12 +45,6 @@ VASWANI_2017 = """@inproceedings{vaswani2017attention,
 def reduce(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
     """Mean or max over ``dim``."""
     return x.mean(dim=dim) if how == "mean" else x.amax(dim=dim)
-
-
-def check_reduction(method: str, option: str, value: str) -> None:
-    if value not in REDUCTIONS:
-        raise MMXAIError(f"{method}: {option} must be one of {', '.join(REDUCTIONS)}, "
-                         f"got {value!r}")
 
 
 def trace_attentions(trace: Trace, method: str) -> list[torch.Tensor]:
@@ -109,8 +104,8 @@ def _generating_rows(trace: Trace, tokens: Sequence[int]) -> list[int]:
 class AttentionOptions:
     #: Decoder layers to read (negative from the end); the default is the last layer.
     layers: tuple[int, ...] = (-1,)
-    head_reduce: str = "mean"  # mean | max over heads
-    layer_reduce: str = "mean"  # mean | max over the chosen layers
+    head_reduce: Reduction = "mean"  # over heads
+    layer_reduce: Reduction = "mean"  # over the chosen layers
 
 
 class RawAttention(Method):
@@ -122,8 +117,6 @@ class RawAttention(Method):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        check_reduction(self.name, "head_reduce", self.options.head_reduce)
-        check_reduction(self.name, "layer_reduce", self.options.layer_reduce)
         if not self.options.layers:
             raise MMXAIError(f"{self.name}: layers must name at least one decoder layer")
 
@@ -142,7 +135,7 @@ class RawAttention(Method):
 @dataclass
 class RolloutOptions:
     residual: float = 0.5  # weight of the identity (skip connection) in each layer
-    head_reduce: str = "mean"  # mean | max over heads
+    head_reduce: Reduction = "mean"  # over heads
     start_layer: int = 0  # first decoder layer in the product
 
 
@@ -155,7 +148,6 @@ class AttentionRollout(Method):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        check_reduction(self.name, "head_reduce", self.options.head_reduce)
         if not 0.0 <= self.options.residual <= 1.0:
             raise MMXAIError(f"{self.name}: residual must lie in [0, 1], "
                              f"got {self.options.residual}")

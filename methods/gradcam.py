@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ class GradCAMOptions:
     #: Index into ``model.vision_layers()``; None: the layer that feeds the projector.
     layer: int | None = None
     #: "backward" (one forward, a backward per token) or "captum" (captum's utilities).
-    engine: str = "backward"
+    engine: Literal["backward", "captum"] = "backward"
 
 
 class GradCAM(Method):

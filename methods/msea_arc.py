@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ Box = tuple[float, float, float, float]
 
 # -- MSEA: scaled inputs ---------------------------------------------------------------------
 def scale_image(image: Image.Image, alpha: float, canvas: tuple[int, int] | None,
-                pad_position: str = "centre") -> tuple[Image.Image, Box]:
+                pad_position: Literal["centre", "top-left"] = "centre") -> tuple[Image.Image, Box]:
     """Eq. 3: the image at scale ``alpha`` and the box it occupies in what the model sees.
 
     Native-resolution models get ``Resize(I, alpha)``: the box is the whole input. Fixed-size
@@ -77,8 +78,9 @@ def to_original(box: Box, region: Box) -> Box:
 @dataclass
 class MSEAOptions:
     scales: tuple[float, ...] = (0.5, 0.75, 1.0)
-    fusion: str = "mean"  # "mean" (Eq. 5) or "max" (the paper's ablation)
-    pad_position: str = "centre"  # where fixed-size models get the scaled image on the canvas
+    fusion: Literal["mean", "max"] = "mean"  # "mean" (Eq. 5) or "max" (the paper's ablation)
+    #: Where fixed-size models get the scaled image on the canvas.
+    pad_position: Literal["centre", "top-left"] = "centre"
 
 
 def scaled_traces(trace: Trace, options: MSEAOptions) -> list[tuple[Trace, Box]]:
@@ -142,7 +144,7 @@ def msea_maps(trace: Trace, classes: Sequence[int], options: MSEAOptions) -> tor
 class ARCOptions:
     k: int = 50  # top-k predictions compared (Eq. 7)
     p: float = 0.9  # RBO persistence (the paper does not give it)
-    rbo_form: str = "extrapolated"
+    rbo_form: Literal["extrapolated", "truncated"] = "extrapolated"
     base_weight: float = 1.0  # weight of the base map A_0 in Eq. 8 (as if r_0 = 0)
     kernel_size: int = 3
     filter: bool = True  # the rank Gaussian filter G of Eq. 9

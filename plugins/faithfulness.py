@@ -24,7 +24,7 @@ The plan per sample, shared by every method and both metrics:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ CITATION = """@inproceedings{petsiuk2018rise,
 @dataclass
 class PerturbationOptions:
     steps: int = 8  # the curve has steps + 1 points, from 0% to 100% of the pixels
-    baseline: str = ""  # "blur", "mean" or "black"; empty: the metric's default
+    baseline: Literal["", "blur", "mean", "black"] = ""  # empty: the metric's default
     max_tokens: int = 4  # explained tokens per sample
     batch: int = 32  # masked images per forward pass
 

@@ -123,7 +123,7 @@ def bad_inputs(tiny_families, tiny_dir, tmp_path):
     ("unknown architecture", ["AlienForConditionalGeneration", "supported:"]),
     ("unknown method", ["unknown method 'no-such-method'", "available:", "example-norm"]),
     ("unknown option", ["has no option(s) colour"]),
-    ("option for a method not run", ["method 'tam' is not run"]),
+    ("option for a method not run", ["'tam' is not run here"]),
     ("output folder is a file", ["--out", "cannot create the folder"]),
 ])
 def test_explain_bad_input_is_one_line_and_exit_code_2(case, phrases, bad_inputs, tmp_path,

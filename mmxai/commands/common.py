@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
 import torch
 
 from mmxai.commands.tiny import find_family
-from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
+from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.model import Model, load_model
 
 TINY = "tiny:"
@@ -46,21 +44,21 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
         raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc
 
 
-def parse_options(specs: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """``["tam.alpha=0.5"]`` -> ``{"tam": {"alpha": 0.5}}``; values are read as JSON if
-    they parse (numbers, true/false, lists), else kept as strings."""
-    options: dict[str, dict[str, Any]] = {}
+def parse_options(specs: list[str], names: list[str]) -> dict[str, dict[str, str]]:
+    """``["tam.eci=false"]`` -> ``{"tam": {"eci": "false"}}``. Values stay strings here: each
+    plugin reads them against its options' field types (:func:`mmxai.options.make_options`),
+    so ``false`` and ``False`` are the same boolean and ``maybe`` is refused."""
+    options: dict[str, dict[str, str]] = {}
     for spec in specs:
         key, sep, raw = spec.partition("=")
-        method, dot, name = key.partition(".")
-        if not (sep and dot and method and name):
-            raise MMXAIError(f"--option {spec!r}: expected METHOD.KEY=VALUE")
-        if method not in methods:
-            raise MMXAIError(f"--option {spec!r}: method {method!r} is not run "
-                             f"(methods: {', '.join(methods)})")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        options.setdefault(method, {})[name] = value
+        plugin, dot, name = key.partition(".")
+        if not (sep and dot and plugin and name):
+            raise InputError(f"--option {spec!r}: expected NAME.KEY=VALUE, e.g. tam.eci=false")
+        if plugin not in names:
+            raise InputError(f"--option {spec!r}: {plugin!r} is not run here: no method, "
+                             f"metric or dataset of this run has that name (options apply "
+                             f"to: {', '.join(names)})")
+        if name in options.get(plugin, {}):
+            raise InputError(f"--option {spec!r}: {key} is given twice")
+        options.setdefault(plugin, {})[name] = raw
     return options

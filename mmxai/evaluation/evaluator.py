@@ -116,8 +116,10 @@ class NamedMetric:
 
     @classmethod
     def make(cls, metric_cls: type[Metric], options: dict[str, Any] | None = None) -> NamedMetric:
-        options = dict(options or {})
-        metric = metric_cls(**options) if options else metric_cls()
+        metric = metric_cls(**(options or {}))
+        # The label and provenance show the values as read (``False``, not ``"false"``),
+        # so the same setting typed two ways is one column.
+        options = {key: getattr(metric.options, key) for key in (options or {})}
         label = metric_cls.name
         if options:
             label += "[" + ",".join(f"{k}={options[k]}" for k in sorted(options)) + "]"
