@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mmxai import maps as mapsmod
-from mmxai.errors import InputError
+from mmxai.images import read_image
 from mmxai.method import Method
 from mmxai.model import Model, load_model
 from mmxai.registry import manager
@@ -50,18 +50,11 @@ class Explanation:
 
 
 def load_image(image: ImageLike) -> Image.Image:
-    """Open an image or fail with one line naming the file and the cause."""
+    """An upright RGB image (:func:`mmxai.images.read_image`: EXIF orientation, every PIL
+    mode converted faithfully or refused), or one line naming the file and the cause."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    path = Path(image)
-    if not path.exists():
-        raise InputError(f"image {str(path)!r}: file not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"image {str(path)!r}: cannot be read as an image ({exc})") from exc
+        return read_image(image, "PIL image")
+    return read_image(image, f"image {str(image)!r}")
 
 
 def make_method(spec: str | Method, **options: Any) -> Method:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from mmxai.errors import InputError
+from mmxai.images import read_image, read_label_map
 
 
 @dataclass
@@ -57,22 +59,17 @@ class Dataset:
 
 
 def load_image(sample: Sample) -> Image.Image:
-    """The sample's image as RGB; a missing or unreadable file raises a one-line InputError.
+    """The sample's image, upright RGB (:func:`mmxai.images.read_image`); a missing, unreadable
+    or refused file raises a one-line InputError.
 
     A reader that met a broken record still yields it, with ``meta["error"]`` saying why.
     """
     if sample.meta.get("error"):
         raise InputError(f"sample {sample.id}: {sample.meta['error']}")
     if isinstance(sample.image, Image.Image):
-        return sample.image.convert("RGB")
+        return read_image(sample.image, f"sample {sample.id}")
     path = Path(sample.image)
-    if not path.is_file():
-        raise InputError(f"sample {sample.id}: image file {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as exc:  # PIL raises several types for truncated or foreign files
-        raise InputError(f"sample {sample.id}: cannot read image {path}: {exc}") from exc
+    return read_image(path, f"sample {sample.id}", name=f"image file {path}")
 
 
 def load_mask(sample: Sample, image_size: tuple[int, int]) -> np.ndarray | None:
@@ -103,18 +100,10 @@ def load_mask(sample: Sample, image_size: tuple[int, int]) -> np.ndarray | None:
 
 
 def _read_label_map(sample: Sample, path: Path, shape: tuple[int, int]) -> np.ndarray:
-    if not path.is_file():
+    # Only a path with nothing at all there is a missing mask; a dangling link, a folder or
+    # a FIFO is refused by the reader (mmxai.images: labels kept, palette indices, EXIF).
+    if not os.path.lexists(path):
         if sample.meta.get("missing_mask") == "zeros":
             return np.zeros(shape, dtype=np.int32)
         raise InputError(f"sample {sample.id}: mask file {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            mask = np.asarray(image)  # palette images give their indices: the labels
-    except Exception as exc:
-        raise InputError(f"sample {sample.id}: cannot read mask {path}: {exc}") from exc
-    if mask.ndim == 3:
-        if not (mask[..., :3] == mask[..., :1]).all():
-            raise InputError(f"sample {sample.id}: mask {path} is a colour image, expected a "
-                             "grayscale label map")
-        mask = mask[..., 0]
-    return mask.astype(np.int32)
+    return read_label_map(path, f"sample {sample.id}", name=f"mask file {path}")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmxai.errors import UnsupportedModelError
+from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs
 from mmxai.plugins.llava import (
@@ -106,6 +106,13 @@ class LlavaNext(Llava):
                                         "strategy (CLS dropped)")
         rows, cols = self.patch_grid(features)
         kept = [self.highres_layout(size)[2] for size in features["image_sizes"].tolist()]
+        for i, (grid, image) in enumerate(zip(kept, images, strict=True)):
+            if 0 in grid.shape:  # unpad_image cut every row or column: nothing to map onto
+                width, height = image.size
+                raise InputError(
+                    f"image {i + 1} ({width}×{height} pixels) is too thin for LLaVA-NeXT: "
+                    f"aspect ratio {max(width, height) / min(width, height):g}:1 leaves its "
+                    f"high-res view {grid.shape[0]}×{grid.shape[1]} patches after unpadding")
         counts = [rows * cols + k.shape[0] * (k.shape[1] + 1) for k in kept]
         runs = split_runs(token_positions(features, self.image_token_id()), counts)
         base_box = self.base_box()
