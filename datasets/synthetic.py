@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ from PIL import Image
 
 from mmxai.dataset import Dataset, Sample
 from mmxai.datasets.scenes import EVAL_SEED, EVAL_SIZE, PROMPT, Scene, generate_scene
+from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 
 DATA = Path(str(resources.files("mmxai.datasets") / "data" / "synthetic"))
@@ -95,19 +97,60 @@ class SyntheticScenes(Dataset):
         "randomisation": {"max_tokens": 2},
     }
 
-    def __init__(self, root: str | Path | None = None, limit: int | None = None,
-                 **options: Any) -> None:
+    @dataclass
+    class Options:
+        #: Keep the first N scenes (lines of ``scenes.jsonl``).
+        limit: int | None = None
+
+        def __post_init__(self) -> None:
+            if self.limit is not None and self.limit < 1:
+                raise ValueError(f"limit={self.limit}: expected a whole number >= 1")
+
+    def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         super().__init__(root if root is not None else DATA, **options)
-        self.limit = limit
+        self.limit: int | None = self.options.limit
+        self._lines: list[_Line] | None = None
+
+    def _read(self) -> list[_Line]:
+        """The lines of ``scenes.jsonl`` (blank ones aside, ``limit`` applied), each parsed
+        and checked; read once. A missing or unreadable index refuses the run in one line; a
+        bad line is a sample that fails with its cause."""
+        if self._lines is None:
+            index = self.root / INDEX
+            try:
+                data = index.read_bytes()
+            except OSError as exc:
+                cause = "does not exist" if not index.exists() else (
+                    f"cannot be read: {exc.strerror or exc}")
+                raise InputError(f"dataset 'synthetic': {index} {cause}") from exc
+            lines = [_parse_line(number, raw) for number, raw
+                     in enumerate(data.split(b"\n"), start=1) if raw.strip()]
+            seen: dict[str, int] = {}
+            for line in lines:
+                if line.record is None:
+                    continue
+                first = seen.setdefault(line.id, line.number)
+                if first != line.number:
+                    line.error = f"{INDEX} line {line.number} repeats the id of line {first}"
+                    line.id, line.record = f"{INDEX}:{line.number}", None
+            self._lines = lines if self.limit is None else lines[:self.limit]
+        return self._lines
 
     def records(self) -> list[dict[str, Any]]:
-        lines = (self.root / INDEX).read_text().splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
-        return records if self.limit is None else records[:self.limit]
+        """The well-formed records (the broken ones are samples that fail)."""
+        return [line.record for line in self._read() if line.record is not None]
 
     def __iter__(self) -> Iterator[Sample]:
-        for record in self.records():
-            mask = np.asarray(Image.open(self.root / record["mask"]))
+        for line in self._read():
+            record = line.record
+            if record is None:
+                yield Sample(id=line.id, image=self.root / INDEX, prompt=PROMPT,
+                             meta={"error": line.error, "line": line.number})
+                continue
+            mask, mask_error = self._mask(record)
+            meta = {k: record[k] for k in ("seed", "index", "objects", "distractor")}
+            if mask_error:
+                meta["mask_error"] = mask_error
             yield Sample(
                 id=record["id"],
                 image=self.root / record["image"],
@@ -116,19 +159,113 @@ class SyntheticScenes(Dataset):
                 mask=mask,
                 categories=dict(record["categories"]),
                 word_labels=dict(record["word_labels"]),
-                meta={k: record[k] for k in ("seed", "index", "objects", "distractor")},
+                meta=meta,
             )
 
+    def _mask(self, record: dict[str, Any]) -> tuple[np.ndarray | None, str | None]:
+        """The scene's label map, or why it is not one: a missing or unreadable file, not
+        a 2-D map of whole numbers, or labels that are none of the scene's objects."""
+        path = self.root / record["mask"]
+        if not path.is_file():
+            return None, f"mask file {path} does not exist"
+        try:
+            with Image.open(path) as image:
+                mask = np.asarray(image)
+        except Exception as exc:  # PIL raises several types for truncated or foreign files
+            return None, f"cannot read mask {path}: {' '.join(str(exc).split())}"
+        if mask.ndim != 2 or mask.dtype.kind not in "iu":
+            return None, (f"mask {path} is not a label map: {mask.dtype} pixels of shape "
+                          f"{mask.shape}, expected one whole number per pixel")
+        labels = {0, *(o["label"] for o in record["objects"])}
+        stray = sorted(set(np.unique(mask).tolist()) - labels)
+        if stray:
+            return None, (f"mask {path} is not this scene's label map: it holds label(s) "
+                          f"{', '.join(map(str, stray[:5]))}, the scene's are "
+                          f"{', '.join(map(str, sorted(labels)))}")
+        return mask, None
+
     def __len__(self) -> int:
-        return len(self.records())
+        return len(self._read())
 
     def fingerprint(self) -> str:
-        """SHA-256 over the index and every image and mask it names."""
+        """SHA-256 over the index and every image and mask it names (a missing or
+        unreadable one counts as such)."""
         digest = hashlib.sha256((self.root / INDEX).read_bytes())
         for record in self.records():
-            digest.update((self.root / record["image"]).read_bytes())
-            digest.update((self.root / record["mask"]).read_bytes())
+            for key in ("image", "mask"):
+                try:
+                    digest.update((self.root / record[key]).read_bytes())
+                except OSError:
+                    digest.update(f"\0missing {record[key]}\0".encode())
         return digest.hexdigest()
+
+
+@dataclass
+class _Line:
+    """One line of ``scenes.jsonl``: its sample id, its record if well-formed, else why not."""
+
+    number: int
+    id: str
+    record: dict[str, Any] | None = None
+    error: str | None = None
+
+
+#: What a record must hold for a sample: key -> (what it is, the check).
+_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "id": ("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip())),
+    "image": ("a path", lambda v: isinstance(v, str) and bool(v.strip())),
+    "mask": ("a path", lambda v: isinstance(v, str) and bool(v.strip())),
+    "prompt": ("a string", lambda v: isinstance(v, str)),
+    "caption": ("a string", lambda v: isinstance(v, str)),
+    "word_labels": ("an object of word -> whole number", lambda v: _labels(v)),
+    "categories": ("an object of name -> whole number", lambda v: _labels(v)),
+    "objects": ("a list of objects with a whole-number 'label'",
+                lambda v: isinstance(v, list) and all(
+                    isinstance(o, dict) and _whole(o.get("label")) for o in v)),
+    "seed": ("a whole number", lambda v: _whole(v)),
+    "index": ("a whole number", lambda v: _whole(v)),
+    "distractor": ("a whole number or null", lambda v: v is None or _whole(v)),
+}
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _labels(value: Any) -> bool:
+    return isinstance(value, dict) and all(_whole(v) for v in value.values())
+
+
+def _parse_line(number: int, raw: bytes) -> _Line:
+    """A line of the index, checked: a bad line keeps its place as ``scenes.jsonl:N``."""
+    where = f"{INDEX} line {number}"
+    fallback = f"{INDEX}:{number}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _Line(number, fallback, error=f"{where} is not UTF-8 text (byte {exc.start} of "
+                                              f"the line is 0x{raw[exc.start]:02x})")
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        cause = (f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError)
+                 else str(exc))
+        return _Line(number, fallback, error=f"{where} is not JSON: {cause}")
+    except RecursionError:
+        return _Line(number, fallback, error=f"{where} nests JSON too deeply to read")
+    if not isinstance(record, dict):
+        return _Line(number, fallback, error=f"{where} is not a JSON object")
+    ident = record.get("id")
+    sample_id = ident if _FIELDS["id"][1](ident) else fallback
+    missing = [key for key in _FIELDS if key not in record]
+    if missing:
+        return _Line(number, sample_id, error=f"{where} has no {', '.join(missing)}")
+    for key, (expected, check) in _FIELDS.items():
+        if not check(record[key]):
+            shown = " ".join(json.dumps(record[key], default=str).split())[:40]
+            return _Line(number, sample_id, error=f"{where}: {key} is {shown}, expected "
+                                                  f"{expected}")
+    return _Line(number, sample_id, record=record)
 
 
 @hookimpl

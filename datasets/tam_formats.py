@@ -10,14 +10,19 @@ The layouts are those of TAM's formatted release (``docs/evaluation.md``, Datase
   records, paths relative to the folder, the mask a label map of the record's own ids.
 
 Samples are yielded lazily with paths; a missing or broken file is still yielded and only
-fails when the evaluator loads it (``mmxai.dataset.load_image`` / ``load_mask``).
+fails when the evaluator loads it (``mmxai.dataset.load_image`` / ``load_mask``). A broken
+record is yielded too, with ``meta["error"]`` (or ``meta["mask_error"]`` when only its ground
+truth is wrong); a file that cannot be read as a whole is one ``InputError`` before the run.
+``docs/evaluation.md`` (Datasets, Hostile input) lists every case.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,7 +80,8 @@ def file_fingerprint(files: Iterable[Path], listed: Iterable[Path], root: Path) 
     """sha256 over the contents of ``files`` and the names and sizes of ``listed``.
 
     Annotation files are hashed whole; images and masks only by relative name and size
-    (-1 when missing), which catches added, removed and replaced files at the cost of a stat.
+    (-1 when missing or unreadable), which catches added, removed and replaced files at the
+    cost of a stat.
     """
     digest = hashlib.sha256()
     for path in files:
@@ -84,8 +90,12 @@ def file_fingerprint(files: Iterable[Path], listed: Iterable[Path], root: Path) 
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     for path in listed:
-        size = path.stat().st_size if path.is_file() else -1
-        digest.update(f"\nlisted {_relative(path, root)} {size}".encode())
+        try:
+            size = path.stat().st_size if path.is_file() else -1
+        except OSError:
+            size = -1
+        digest.update(f"\nlisted {_relative(path, root)} {size}".encode("utf-8",
+                                                                         "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -96,31 +106,128 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file, or an InputError naming the file and what it should be."""
+# -- reading annotation files honestly ---------------------------------------------------------
+#: A character that ``surrogateescape`` made of a byte that is not UTF-8 (or a lone surrogate
+#: written as a JSON escape): text that is not valid UTF-8.
+_NOT_UTF8 = re.compile("[\ud800-\udfff]")
+
+
+def read_json(path: Path, what: str, *, per_record_encoding: bool = False) -> Any:
+    """A JSON file, or an InputError naming the file, what it should be and where it breaks.
+
+    The file must be UTF-8 (a leading byte-order mark is allowed). With
+    ``per_record_encoding`` a byte that is not UTF-8 inside a JSON string does not condemn
+    the file: it is kept as a surrogate (``surrogateescape``) and the reader reports it on
+    the record that holds it (:func:`not_utf8`); bytes that break the JSON itself still
+    refuse the file, with the byte offset.
+    """
     if not path.is_file():
         raise InputError(f"{what}: {path} does not exist")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{what}: cannot read {path}: {exc}") from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{what}: cannot read {path}: {exc.strerror or exc}") from exc
+    first_bad = None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if not per_record_encoding:
+            raise InputError(f"{what}: {path} is not UTF-8 text: byte {exc.start} is "
+                             f"0x{data[exc.start]:02x}") from exc
+        first_bad = exc.start
+        text = data.decode("utf-8", "surrogateescape")
+    start = 1 if text.startswith("\ufeff") else 0
+    try:
+        return json.loads(text[start:])
+    except ValueError as exc:
+        pos = start + getattr(exc, "pos", 0)
+        offset = len(text[:pos].encode("utf-8", "surrogateescape"))
+        where = (f" at byte {offset} (line {exc.lineno}, column {exc.colno})"
+                 if isinstance(exc, json.JSONDecodeError) else "")
+        cause = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        also = (f"; it is not UTF-8 text either (byte {first_bad} is "
+                f"0x{data[first_bad]:02x})" if first_bad is not None else "")
+        raise InputError(f"{what}: {path} is not valid JSON{where}: {cause}{also}") from exc
+    except RecursionError as exc:
+        raise InputError(f"{what}: {path} nests JSON too deeply to read") from exc
 
 
+def not_utf8(text: str) -> bool:
+    """Whether ``text`` (from :func:`read_json`) holds bytes that are not UTF-8."""
+    return _NOT_UTF8.search(text) is not None
+
+
+def show_bytes(text: str, limit: int = 60) -> str:
+    """``text`` as the bytes it came from, the bad ones as ``\\xNN``, cut at ``limit``."""
+    raw = repr(text.encode("utf-8", "surrogateescape"))[2:-1]
+    return "'" + raw[:limit] + ("..." if len(raw) > limit else "") + "'"
+
+
+def show(value: Any, limit: int = 40) -> str:
+    """A value from a JSON file, short, for a one-line error."""
+    text = " ".join(json.dumps(value, ensure_ascii=False, default=str).split())
+    try:  # bytes that were not UTF-8 (surrogateescape) shown as \xNN
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate written as a JSON escape
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def is_whole(value: Any) -> bool:
+    """A JSON integer (not a boolean, not ``2.0``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def kind(value: Any) -> str:
+    """The JSON name of a value's type, for errors."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+             int: "an integer", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+# -- the readers -------------------------------------------------------------------------------
 class FileDataset(Dataset):
     """A file-based dataset with the common options ``prompt`` and ``limit``."""
 
+    @dataclass
+    class Options:
+        #: The question asked about every image (default: the dataset's own).
+        prompt: str | None = None
+        #: Keep the first N samples, in the dataset's order.
+        limit: int | None = None
+
+        def __post_init__(self) -> None:
+            if self.prompt is not None and not self.prompt.strip():
+                raise ValueError("prompt is empty; leave it out to ask the dataset's "
+                                 "default question")
+            if self.limit is not None and self.limit < 1:
+                raise ValueError(f"limit={self.limit}: expected a whole number >= 1")
+
     default_prompt: ClassVar[str] = ""
 
-    def __init__(self, root: str | Path | None = None, *, prompt: str | None = None,
-                 limit: int | None = None, **options: Any) -> None:
+    def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         if root is None:
             raise InputError(f"dataset {self.name!r} needs a root folder")
-        super().__init__(root, prompt=prompt, limit=limit, **options)
-        self.prompt = prompt or self.default_prompt
-        self.limit = limit
+        super().__init__(root, **options)
+        self.prompt: str = self.options.prompt or self.default_prompt
+        self.limit: int | None = self.options.limit
 
     def _cut(self, items: list[Any]) -> list[Any]:
-        return items if self.limit is None else items[: max(0, int(self.limit))]
+        return items if self.limit is None else items[: self.limit]
+
+
+@dataclass
+class _Entry:
+    """One sample of COCO Caption: its id, its image id (None when the record is broken),
+    its references and what is wrong with it."""
+
+    id: str
+    image_id: int | None
+    references: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def fail(self, error: str) -> None:
+        self.error = self.error or error  # the first problem names the sample's failure
 
 
 class CocoCaption(FileDataset):
@@ -134,40 +241,113 @@ class CocoCaption(FileDataset):
         super().__init__(root, **options)
         self.instances = self.root / "annotations" / "instances_minival2014.json"
         self.captions = self.root / "annotations" / "captions_val2014.json"
-        self._index: list[tuple[int, list[str]]] | None = None
+        self._index: list[_Entry] | None = None
 
-    def _entries(self) -> list[tuple[int, list[str]]]:
-        """(image id, references) in the order of the instances file, read once."""
+    def _entries(self) -> list[_Entry]:
+        """The samples in the order of the instances file (after ``limit``), read once."""
         if self._index is None:
-            images = read_json(self.instances, "COCO instances (image ids)").get("images", [])
-            captions = read_json(self.captions, "COCO captions").get("annotations", [])
-            references: dict[int, list[str]] = {}
-            for caption in captions:
-                references.setdefault(int(caption["image_id"]), []).append(
-                    str(caption["caption"]).strip())
-            self._index = self._cut([(int(image["id"]), references.get(int(image["id"]), []))
-                                     for image in images])
+            entries = self._cut(self._images())
+            self._references({e.image_id: e for e in entries if e.image_id is not None})
+            self._index = entries
         return self._index
+
+    def _images(self) -> list[_Entry]:
+        """One entry per ``images[]`` record; a broken record is a failed sample named by
+        its place in the file (``images[3]``), which no integer id can collide with."""
+        what = "COCO instances (image ids)"
+        data = read_json(self.instances, what, per_record_encoding=True)
+        images = data.get("images") if isinstance(data, dict) else None
+        if not isinstance(images, list):
+            found = (f"its 'images' is {kind(images)}" if isinstance(data, dict) and
+                     "images" in data else "it has no 'images'" if isinstance(data, dict)
+                     else f"it holds {kind(data)}")
+            raise InputError(f"{what}: {self.instances} must be a JSON object whose 'images' "
+                             f"is a list of {{'id': integer, ...}}; {found}")
+        entries, first = [], {}
+        for i, record in enumerate(images):
+            where = f"{self.instances.name} images[{i}]"
+            image_id = record.get("id") if isinstance(record, dict) else None
+            if not isinstance(record, dict):
+                error = f"{where} is {kind(record)}, expected an object with an 'id'"
+            elif "id" not in record:
+                error = f"{where} has no 'id'"
+            elif not is_whole(image_id) or image_id < 0:
+                error = f"{where} has id {show(image_id)}, expected a whole number >= 0"
+            elif image_id in first:
+                error = f"{where} repeats image id {image_id} of images[{first[image_id]}]"
+            else:
+                first[image_id] = i
+                entries.append(_Entry(str(image_id), image_id))
+                continue
+            entries.append(_Entry(f"images[{i}]", None, error=error))
+        return entries
+
+    def _references(self, wanted: dict[int, _Entry]) -> None:
+        """Attach the captions of the ``wanted`` images. A caption record of a wanted image
+        that is broken (no caption, not a string, bytes that are not UTF-8) fails that
+        sample; the records of other images are not read further (the captions file covers
+        all of val2014); a record that does not say which image it describes refuses the
+        file, since any sample may be the one missing a reference."""
+        what = "COCO captions"
+        data = read_json(self.captions, what, per_record_encoding=True)
+        annotations = data.get("annotations") if isinstance(data, dict) else None
+        if not isinstance(annotations, list):
+            found = (f"its 'annotations' is {kind(annotations)}" if isinstance(data, dict)
+                     and "annotations" in data else "it has no 'annotations'"
+                     if isinstance(data, dict) else f"it holds {kind(data)}")
+            raise InputError(f"{what}: {self.captions} must be a JSON object whose "
+                             f"'annotations' is a list of {{'image_id', 'caption'}}; {found}")
+        for j, record in enumerate(annotations):
+            where = f"{self.captions.name} annotations[{j}]"
+            image_id = record.get("image_id") if isinstance(record, dict) else None
+            if not is_whole(image_id):
+                said = ("is " + kind(record) if not isinstance(record, dict) else
+                        "has no 'image_id'" if "image_id" not in record else
+                        f"has image_id {show(image_id)}, not an integer")
+                raise InputError(f"{what}: {where} {said}; cannot tell which image it "
+                                 "describes")
+            entry = wanted.get(image_id)
+            if entry is None:
+                continue
+            caption = record.get("caption")
+            if "caption" not in record:
+                entry.fail(f"{where} (a reference of image {image_id}) has no 'caption'")
+            elif not isinstance(caption, str):
+                entry.fail(f"{where} (a reference of image {image_id}): caption is "
+                           f"{kind(caption)} {show(caption)}, expected a string")
+            elif not_utf8(caption):
+                entry.fail(f"{where} (a reference of image {image_id}): caption is not "
+                           f"UTF-8 text: {show_bytes(caption)}")
+            else:
+                entry.references.append(caption.strip())
 
     def _paths(self, image_id: int) -> tuple[Path, Path]:
         return (self.root / "image" / f"{image_id:012d}.jpg",
                 self.root / "seg_label" / f"{image_id:012d}.png")
 
     def __iter__(self) -> Iterator[Sample]:
-        for image_id, references in self._entries():
-            image, mask = self._paths(image_id)
+        for entry in self._entries():
+            if entry.image_id is None:
+                yield Sample(id=entry.id, image=self.instances, prompt=self.prompt,
+                             meta={"error": entry.error})
+                continue
+            image, mask = self._paths(entry.image_id)
+            meta: dict[str, Any] = {"image_id": entry.image_id, "missing_mask": "zeros",
+                                    "mask_missing": not mask.is_file()}
+            if entry.error:
+                meta["error"] = entry.error
             yield Sample(
-                id=str(image_id), image=image, prompt=self.prompt, references=list(references),
-                mask=mask, categories=dict(COCO_CATEGORIES),
-                meta={"image_id": image_id, "missing_mask": "zeros",
-                      "mask_missing": not mask.is_file()},
+                id=entry.id, image=image, prompt=self.prompt,
+                references=list(entry.references), mask=mask,
+                categories=dict(COCO_CATEGORIES), meta=meta,
             )
 
     def __len__(self) -> int:
         return len(self._entries())
 
     def fingerprint(self) -> str:
-        listed = [p for image_id, _ in self._entries() for p in self._paths(image_id)]
+        listed = [p for e in self._entries() if e.image_id is not None
+                  for p in self._paths(e.image_id)]
         return file_fingerprint([self.instances, self.captions], listed, self.root)
 
 
@@ -181,10 +361,11 @@ class _AnnoJson(FileDataset):
 
     def _entries(self) -> list[Any]:
         if self._records is None:
-            records = read_json(self.anno, f"{self.name} annotations")
+            records = read_json(self.anno, f"{self.name} annotations",
+                                per_record_encoding=True)
             if not isinstance(records, list):
-                raise InputError(f"{self.name} annotations: {self.anno} holds a "
-                                 f"{type(records).__name__}, expected a list of records")
+                raise InputError(f"{self.name} annotations: {self.anno} holds "
+                                 f"{kind(records)}, expected a list of records")
             self._records = self._cut(records)
         return self._records
 
@@ -194,23 +375,42 @@ class _AnnoJson(FileDataset):
 
     def _sample(self, index: int, record: Any) -> Sample:
         valid = (isinstance(record, (list, tuple)) and len(record) == 4
-                 and isinstance(record[0], str) and isinstance(record[3], dict))
+                 and isinstance(record[0], str) and record[0]
+                 and isinstance(record[3], dict))
         if not valid:
-            return Sample(id=str(index), image=self.anno, prompt=self.prompt,
-                          meta={"error": f"record {index} of {self.anno} is not "
-                                         "[image, caption, mask, categories]"})
+            return self._broken(index, f"record {index} of {self.anno} is not "
+                                       "[image, caption, mask, categories]")
         image, caption, mask, categories = record
+        where = f"record {index} of {self.anno.name}"
+        if not isinstance(caption, str):
+            return self._broken(index, f"{where}: caption is {kind(caption)} "
+                                       f"{show(caption)}, expected a string")
+        if not_utf8(caption):
+            return self._broken(index, f"{where}: caption is not UTF-8 text: "
+                                       f"{show_bytes(caption)}")
+        if mask is not None and not isinstance(mask, str):
+            return self._broken(index, f"{where}: mask is {kind(mask)} {show(mask)}, "
+                                       "expected a path or null")
         meta: dict[str, Any] = {"image_name": image}
-        try:
-            labels = {str(k): int(v) for k, v in categories.items()}
-        except (TypeError, ValueError):
-            labels = {}
-            meta["mask_error"] = f"record {index} has non-integer category ids: {categories}"
+        labels: dict[str, int] = {}
+        bad = [(k, v) for k, v in categories.items() if not is_whole(v) or not_utf8(k)]
+        if bad:
+            name, value = bad[0]
+            meta["mask_error"] = (
+                f"{where}: category {show_bytes(name)} is not UTF-8 text" if not_utf8(name)
+                else f"{where}: category {name!r} has label {show(value)}, expected a "
+                     "whole number (its value in the mask)")
+        else:
+            labels = dict(categories)
         return Sample(
             id=str(index), image=self.root / image, prompt=self.prompt,
-            references=[str(caption)] if caption else [],
+            references=[caption] if caption else [],
             mask=self.root / mask if mask else None, categories=labels, meta=meta,
         )
+
+    def _broken(self, index: int, error: str) -> Sample:
+        return Sample(id=str(index), image=self.anno, prompt=self.prompt,
+                      meta={"error": error})
 
     def __len__(self) -> int:
         return len(self._entries())
@@ -218,6 +418,8 @@ class _AnnoJson(FileDataset):
     def fingerprint(self) -> str:
         listed = []
         for sample in self:
+            if sample.meta.get("error"):
+                continue
             listed.append(Path(sample.image))
             if isinstance(sample.mask, Path):
                 listed.append(sample.mask)

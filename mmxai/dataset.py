@@ -13,6 +13,7 @@ from PIL import Image
 
 from mmxai.errors import InputError
 from mmxai.images import read_image, read_label_map
+from mmxai.options import NoOptions, make_options
 
 
 @dataclass
@@ -36,16 +37,26 @@ class Sample:
 
 
 class Dataset:
+    """A source of samples (:class:`Sample`).
+
+    ``Options`` is the dataclass of the dataset's options (``--option NAME.KEY=VALUE``);
+    :meth:`__init__` reads ``**options`` through it (:func:`mmxai.options.make_options`),
+    so an unknown key or a value that does not fit its field's type is refused in one line
+    naming the valid keys. A subclass declares ``Options``, passes every option on to
+    ``super().__init__`` and reads them back, typed, from ``self.options``.
+    """
+
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     citation: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
     #: Method and metric options a run on this dataset uses unless the user sets them
     #: (``{"deletion": {"steps": 4}}``): settings the dataset's documentation justifies.
     default_options: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         self.root = Path(root) if root is not None else None
-        self.options = options
+        self.options = make_options("dataset", self.name, self.Options, options)
 
     def __iter__(self) -> Iterator[Sample]:
         raise NotImplementedError
