@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mmxai.errors import InputError, UnsupportedModelError
+from mmxai.images import read_image
 
 
 @dataclass
@@ -164,7 +165,9 @@ class Model:
                               **kwargs)
 
     def build_inputs(self, images: Sequence[Image.Image], prompt: str) -> Inputs:
-        images = [im.convert("RGB") for im in images]
+        # Upright and faithfully 8-bit whatever the caller hands over (EXIF, 16-bit, alpha):
+        # images read by mmxai already are, and reading them again changes nothing.
+        images = [read_image(im, f"image {i}") for i, im in enumerate(images)]
         text = self.chat_text(prompt, len(images))
         features = self._to_model(self.preprocess(images, text))
         grids = stack_grids(self.image_grids(features, images))

@@ -534,3 +534,14 @@ def test_cli_explain_on_a_fifo_is_one_line_exit_2(tmp_path, capsys):
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("error:") and "Traceback" not in err
     assert "pipe.png" in lines[0] and "named pipe" in lines[0]
+
+
+def test_images_handed_straight_to_the_model_are_read_faithfully(tiny_model, tmp_path):
+    """``Model.build_inputs`` reads what a caller hands it like the reader does: a 16-bit
+    image is not white and an EXIF-rotated photo is upright."""
+    model = tiny_model("llava")
+    deep = Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16))
+    with Image.open(rotated_jpeg(tmp_path / "r.jpg", 6)) as rotated:
+        inputs = model.build_inputs([deep, rotated], "Describe the image.")
+    assert close(pixel(inputs.images[0]), (128, 128, 128))
+    assert_upright(inputs.images[1])
