@@ -26,6 +26,7 @@ class Method:
     #: BibTeX of the paper(s) the method comes from.
     citation: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    version: ClassVar[str] = "1"
 
     def __init__(self, **options: Any) -> None:
         self.options = make_options("method", self.name, self.Options, options)

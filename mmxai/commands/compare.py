@@ -2,7 +2,11 @@
 
 Results go to ``--out``: ``results.sqlite`` (``results-shard<i>-of<n>.sqlite`` for a shard),
 then the leaderboard files (``mmxai leaderboard`` re-renders and merges them later).
-A rerun with the same ``--out`` resumes: what is stored is skipped.
+A rerun with the same ``--out`` resumes: what is stored is skipped, except failed results,
+which are computed again (``--no-retry`` keeps them). A rerun whose model files, processor,
+chat template or dataset files changed is refused; other options are another run, stored
+beside the first (docs/evaluator.md). When the first samples all fail to prepare or
+generate with one cause, the run stops with it (``--keep-going`` runs on).
 
 With neither ``--model`` nor ``--dataset`` it runs the bundled benchmark: the registered
 dataset whose class sets ``default_benchmark = True``, on that class's ``default_model``.
@@ -28,6 +32,7 @@ from mmxai.api import make_method
 from mmxai.cli import error
 from mmxai.commands import workers
 from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
+from mmxai.commands.leaderboard import check_out
 from mmxai.dataset import Dataset, Sample
 from mmxai.errors import InputError, MMXAIError
 from mmxai.evaluation import (
@@ -85,6 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                         help="bootstrap resamples for the intervals and tests (default 1000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-retry", action="store_true",
+                        help="keep stored failures as they are (default: a rerun computes "
+                             "failed results again; the store keeps every attempt)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="run every sample even when the first ones all fail to prepare "
+                             "or generate with the same cause (default: stop with it)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the checkpoint's own Python code to run")
 
@@ -143,7 +154,9 @@ class Plan:
                          max_new_tokens=self.args.max_new_tokens,
                          min_new_tokens=self.args.min_new_tokens, limit=self.args.limit,
                          shard=shard or Shard(), seed=self.args.seed, batch_size=self.batch,
-                         console=console, progress=progress, on_sample=on_sample)
+                         console=console, progress=progress, on_sample=on_sample,
+                         retry=not getattr(self.args, "no_retry", False),
+                         keep_going=getattr(self.args, "keep_going", False))
 
     def open(self, spec: str) -> Model:
         return open_model(spec, self.device, parse_dtype(self.args.dtype),
@@ -205,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--workers and --shard (or RANK/WORLD_SIZE) exclude each other: "
                          "a shard is one worker; run --shard i/n per process instead")
     shard = Shard.parse(args.shard) if args.shard else Shard.from_env()
+    check_out(args.out)
     samples = len(plan.evaluator(None).samples())
     if workers_given is not None:
         count = workers_given
@@ -256,6 +270,8 @@ def _run_workers(args: argparse.Namespace, plan: Plan, count: int, threads: int,
     for summary in outcome.summaries:
         if summary is not None:
             console.print(_summary_line(summary, Shard()) + f" ({count} workers)")
+    if outcome.same_cause is not None:  # e.g. a refused resumption: one line, not one a worker
+        raise MMXAIError(outcome.same_cause)
     if outcome.crashed:
         for line in outcome.crashed:
             error(line)
@@ -267,6 +283,7 @@ def _run_workers(args: argparse.Namespace, plan: Plan, count: int, threads: int,
 
 def _summary_line(summary: Summary, shard: Shard) -> str:
     where = f" (shard {shard.label})" if shard.count > 1 else ""
+    retried = f", {summary.retried} retried" if summary.retried else ""
     return (f"{summary.model}{where}: {summary.samples} samples, {summary.evaluated} "
             f"evaluated now, {summary.resumed} already stored, "
-            f"{len(summary.failed_samples)} failed ({len(summary.failures)} results)")
+            f"{len(summary.failed_samples)} failed ({len(summary.failures)} results){retried}")

@@ -14,16 +14,28 @@ threads) and rebuild the run from the command's arguments, with plugins loaded f
 points. They report over one queue: each sample done (the parent draws the only progress
 bar), the lines they would print (failures), their summaries, and the cause of a crash.
 A crashed worker is reported in one line; what the others stored is kept, and rerunning the
-command resumes every shard, computing only what is missing.
+command resumes every shard, computing only what is missing. When every worker stops with
+the same error of the user's (a resumption refused because the model's processor changed,
+a model that cannot run), that error is the one line.
+
+A worker never outlives its parent: it asks the kernel to kill it when the parent dies
+(Linux ``PR_SET_PDEATHSIG``) and, everywhere, a watcher thread exits the process as soon as
+its parent process is gone, so a killed ``mmxai compare`` leaves no worker writing on its
+own. An interrupted write is rolled back by SQLite: the stores hold whole samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import queue as queue_module
 import signal
+import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -155,6 +167,8 @@ class Outcome:
     summaries: list[Summary | None]
     stores: list[Path]
     crashed: list[str] = field(default_factory=list)
+    #: The user's error every worker stopped with, when they all stopped with the same one.
+    same_cause: str | None = None
 
 
 def run_workers(args: argparse.Namespace, build: Callable[[argparse.Namespace], Plan],
@@ -172,10 +186,12 @@ def run_workers(args: argparse.Namespace, build: Callable[[argparse.Namespace], 
     tasks = [progress.add_task(f"{label} · {plan.dataset.name}", total=samples)
              for label in plan.labels]
     processes = [context.Process(target=_work, name=f"mmxai-worker-{i}", daemon=True,
-                                 args=(build, args, i, count, threads, messages, style))
+                                 args=(build, args, i, count, threads, messages, style,
+                                       os.getpid()))
                  for i in range(count)]
     summaries: list[list[Summary]] = [[] for _ in plan.models]
     errors: dict[int, str] = {}
+    user_errors: dict[int, str] = {}
 
     def handle(message: tuple) -> None:
         kind, worker, *rest = message
@@ -187,6 +203,8 @@ def run_workers(args: argparse.Namespace, build: Callable[[argparse.Namespace], 
             summaries[rest[0]].append(rest[1])
         elif kind == "error":
             errors[worker] = rest[0]
+            if len(rest) > 1 and rest[1]:
+                user_errors[worker] = rest[0]
 
     try:
         for process in processes:
@@ -208,8 +226,11 @@ def run_workers(args: argparse.Namespace, build: Callable[[argparse.Namespace], 
             process.join()
     crashed = [f"worker {i}/{count}: {errors.get(i) or _exit_cause(p.exitcode)}"
                for i, p in enumerate(processes) if p.exitcode != 0 or i in errors]
+    causes = set(user_errors.values())
+    same = causes.pop() if len(user_errors) == count and len(causes) == 1 else None
     return Outcome([merge(s) if len(s) == count else None for s in summaries],
-                   [args.out / Shard(i, count).store_name() for i in range(count)], crashed)
+                   [args.out / Shard(i, count).store_name() for i in range(count)], crashed,
+                   same)
 
 
 def merge(summaries: Sequence[Summary]) -> Summary:
@@ -221,6 +242,7 @@ def merge(summaries: Sequence[Summary]) -> Summary:
         merged.resumed += summary.resumed
         merged.failures += summary.failures
         merged.failed_samples |= summary.failed_samples
+        merged.retried += summary.retried
     return merged
 
 
@@ -261,9 +283,40 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
 
 
+#: How often a worker's watcher checks that its parent is alive (seconds).
+PARENT_POLL_SECONDS = 0.25
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` (the pid that started it) is gone.
+
+    On Linux the kernel sends SIGKILL when the parent dies; a daemon thread also polls the
+    parent's pid (any POSIX system, and the moment before ``prctl`` took effect) and exits.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watcher below still ends the worker
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # an open SQLite transaction is rolled back: whole samples or nothing
+
+    if os.getppid() != parent:  # the parent died while this worker was starting
+        os._exit(1)
+    threading.Thread(target=watch, name="mmxai-parent-watch", daemon=True).start()
+
+
 def _work(build: Callable[[argparse.Namespace], Plan], args: argparse.Namespace, index: int,
-          count: int, threads: int, messages: Any, style: dict[str, Any]) -> None:
+          count: int, threads: int, messages: Any, style: dict[str, Any],
+          parent: int | None = None) -> None:
     """Worker ``index``: shard ``index/count`` of every model into its own store."""
+    if parent is not None:
+        _die_with_parent(parent)
     torch.set_num_threads(threads)
     try:
         plan = build(args)
@@ -281,5 +334,5 @@ def _work(build: Callable[[argparse.Namespace], Plan], args: argparse.Namespace,
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except BaseException as exc:
-        messages.put(("error", index, _cause(exc)))
+        messages.put(("error", index, _cause(exc), isinstance(exc, MMXAIError)))
         raise SystemExit(1) from None

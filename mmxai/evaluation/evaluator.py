@@ -18,11 +18,18 @@ Methods explain all tokens of a sample in one call, and the deletion/insertion m
 batch their masked images.
 
 Anything that goes wrong with one sample (an unreadable image, a missing or wrong-size
-mask, a method or metric that raises, maps of the wrong shape) becomes a ``failed`` row
-naming the sample and the cause, the run goes on, and the summary counts it. All rows of a
-sample are written in one transaction as soon as the sample is done, so a killed run loses
-at most the samples of the batch in flight not yet written, and a rerun skips every
-(sample, method, metric) already stored.
+mask, a method or metric that raises, maps of the wrong shape, a metric value that is not a
+finite number) becomes a ``failed`` row naming the sample and the cause, the run goes on,
+and the summary counts it. All rows of a sample are written in one transaction as soon as
+the sample is done, so a killed run loses at most the samples of the batch in flight not yet
+written, and a rerun skips every (sample, method, metric) stored ``ok`` or ``skipped`` and
+retries the ``failed`` ones (``retry=False`` keeps them; the store keeps every attempt).
+
+One exception: when the first :data:`STOP_AFTER` samples that reach the model all fail to
+prepare or generate with the same cause, the model cannot run as set up (a processor that
+rejects every input, a generate call that always raises): the run stops with that cause
+(:class:`ModelCannotRun`) instead of writing the same failure for every sample, unless
+``keep_going``. Samples that fail on their own (an unreadable image) do not count.
 
 Random state is reseeded from (seed, sample index, method or metric name) before each
 step, so a sample's results do not depend on which shard ran it, on what ran before it, or
@@ -63,6 +70,13 @@ from mmxai.metric import EvalItem, Metric, Parts
 from mmxai.model import Inputs, Model
 from mmxai.trace import Needs, Trace, generate_trace, generate_traces
 from mmxai.words import WordOptions, words_from_trace
+
+#: Samples in a row failing to prepare or generate with one cause that stop a run.
+STOP_AFTER = 5
+
+
+class ModelCannotRun(MMXAIError):
+    """The first samples all failed in preparation or generation with the same cause."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,7 @@ class Summary:
     resumed: int = 0  # samples entirely found in the store
     failures: list[str] = field(default_factory=list)  # one line per failed row
     failed_samples: set[str] = field(default_factory=set)
+    retried: int = 0  # samples with failed rows stored, computed again now
 
 
 def progress_bar(console: Console, enabled: bool = True) -> Progress:
@@ -205,9 +220,43 @@ def _check_maps(maps: np.ndarray, trace: Trace) -> None:
 
 
 def _check_parts(parts: Any) -> Parts:
+    """``{name: [finite numbers]}``, or an MMXAIError saying what is wrong with ``parts``.
+
+    A metric with nothing to measure on a sample returns an empty list (or the sample is
+    ``skipped``); NaN and infinities are never a result: they fail the row.
+    """
     if not isinstance(parts, dict):
         raise MMXAIError(f"measure returned {type(parts).__name__}, expected {{name: [values]}}")
-    return {str(k): [float(v) for v in values] for k, values in parts.items()}
+    checked: Parts = {}
+    for name, values in parts.items():
+        if not isinstance(name, str):
+            raise MMXAIError(f"measure returned a part named {name!r} "
+                             f"({type(name).__name__}), expected a string")
+        if isinstance(values, np.ndarray) and values.ndim == 1:
+            values = values.tolist()
+        if not isinstance(values, (list, tuple)):
+            raise MMXAIError(f"part {name!r} is a {type(values).__name__}, expected a list of "
+                             "numbers")
+        numbers = []
+        for position, value in enumerate(values):
+            if isinstance(value, np.generic):
+                value = value.item()
+            if not isinstance(value, (int, float)):  # bool is an int: a hit counts 1
+                raise MMXAIError(f"part {name!r} holds {type(value).__name__} {value!r} at "
+                                 f"position {position}, expected a number")
+            if not np.isfinite(value):
+                raise MMXAIError(f"part {name!r} holds {value} at position {position}: a "
+                                 "metric value must be a finite number")
+            numbers.append(float(value))
+        checked[name] = numbers
+    return checked
+
+
+def _attempts(rows: list[Row], failed: dict[str, dict[str, dict[str, int]]]) -> list[Row]:
+    """``rows``, those retrying a stored failure numbered as its next attempt."""
+    return [dataclasses.replace(row, attempt=tries + 1)
+            if (tries := failed.get(row.key.method, {}).get(row.sample_id, {}).get(row.metric))
+            else row for row in rows]
 
 
 class Evaluator:
@@ -220,6 +269,9 @@ class Evaluator:
     noise). ``word_options`` go to :func:`mmxai.words.words_from_trace`. ``on_sample`` is
     called with each sample of the shard once it is done (computed now or found stored),
     as the progress bar advances: how worker processes report progress to their parent.
+    ``retry`` computes again what is stored as ``failed`` (the newest attempt replaces it in
+    the store, which keeps the old one in its history). ``keep_going`` runs on when the
+    first samples all fail alike in preparation or generation (see the module docstring).
     """
 
     def __init__(self, dataset: Dataset, methods: Sequence[Method],
@@ -228,7 +280,8 @@ class Evaluator:
                  limit: int | None = None, shard: Shard = Shard(),
                  seed: int = 0, batch_size: int = 1, word_options: WordOptions | None = None,
                  console: Console | None = None, progress: bool = True,
-                 on_sample: Callable[[Sample], None] | None = None) -> None:
+                 on_sample: Callable[[Sample], None] | None = None, retry: bool = True,
+                 keep_going: bool = False) -> None:
         if batch_size < 1:
             raise MMXAIError(f"batch size {batch_size}: need at least 1")
         if not methods:
@@ -252,6 +305,12 @@ class Evaluator:
         self.console = console or Console(stderr=True)
         self.progress = progress
         self.on_sample = on_sample
+        self.retry = retry
+        self.keep_going = keep_going
+        #: sample id -> the cause its preparation or generation failed with (this batch).
+        self._model_causes: dict[str, str] = {}
+        #: samples of this batch that failed before the model (their image).
+        self._unprepared: set[str] = set()
         needs = Needs()
         for part in [*self.methods, *(m.metric for m in metrics)]:
             needs = needs | part.needs
@@ -272,27 +331,31 @@ class Evaluator:
                 chosen.append((index, sample))
         return chosen
 
-    def _settings(self, method: Method) -> dict[str, Any]:
-        settings = {"method": method.name, "options": method.describe_options(),
-                    "max_new_tokens": self.max_new_tokens}
-        if self.min_new_tokens:
-            settings["min_new_tokens"] = self.min_new_tokens
-        if self.word_options is not None:
-            settings["words"] = dataclasses.asdict(self.word_options)
-        return settings
+    def _settings(self, method: Method, model: Model) -> dict[str, Any]:
+        """What the method's run key hashes (:func:`provenance.run_settings`)."""
+        return provenance.run_settings(
+            method=method, dataset=self.dataset, max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens, words=self.word_options, seed=self.seed,
+            dtype=str(model.hf.dtype).removeprefix("torch."))
 
     # -- a model -------------------------------------------------------------------------
     def run(self, model: Model, label: str | None = None) -> Summary:
         """Evaluate one model; ``label`` names it in the store (default: its model id)."""
         label = label or model.model_id
         samples = self.samples()
-        keys = {m.name: RunKey(label, self.dataset.name, m.name,
-                               provenance.options_hash(self._settings(m)))
-                for m in self.methods}
-        self._record_provenance(model, label, keys)
-        done = {name: self.store.done(key) for name, key in keys.items()}
+        settings = {m.name: self._settings(m, model) for m in self.methods}
+        keys = {name: RunKey(label, self.dataset.name, name, provenance.options_hash(s))
+                for name, s in settings.items()}
+        self._record_provenance(model, label, keys, settings)
+        self._check_prompts(label, keys, samples)
+        done = {name: self.store.done(key, retry_failed=self.retry)
+                for name, key in keys.items()}
+        failed = ({name: self.store.failed(key) for name, key in keys.items()}
+                  if self.retry else {})
         summary = Summary(label, samples=len(samples))
         size = self.batch_size if model.supports_batching else 1
+        streak: list[str] | None = None if self.keep_going else []
+        self._model_causes, self._unprepared = {}, set()
         with self._progress() as bar:
             task = bar.add_task(f"{label} · {self.dataset.name}", total=len(samples))
             batch: list[Pending] = []
@@ -303,16 +366,43 @@ class Evaluator:
                 todo = {name: metrics for name, metrics in todo.items() if metrics}
                 if todo:
                     batch.append((index, sample, todo))
+                    self.store.add_prompts(keys.values(), sample.id,
+                                           provenance.prompt_hash(sample.prompt))
+                    if any(sample.id in by_sample for by_sample in failed.values()):
+                        summary.retried += 1
                 else:
                     summary.resumed += 1
                     self._advance(bar, task, sample)
                 if batch and (len(batch) == size or position == len(samples) - 1):
                     for sample_done, rows in self.evaluate_batch(model, batch, keys):
-                        self.store.write(rows)
+                        self.store.write(_attempts(rows, failed))
                         self._report(sample_done, rows, summary, bar)
                         self._advance(bar, task, sample_done)
+                        streak = self._watch(streak, sample_done)
                     batch = []
         return summary
+
+    def _watch(self, streak: list[str] | None, sample: Sample) -> list[str] | None:
+        """The causes of the first samples that failed to prepare or generate, until one
+        reaches the model (``None``: stop watching); raises once :data:`STOP_AFTER` in a
+        row failed alike. Samples that failed on their own (their image) do not count."""
+        cause = self._model_causes.pop(sample.id, None)
+        unprepared = sample.id in self._unprepared
+        self._unprepared.discard(sample.id)
+        if streak is None:
+            return None
+        if cause is None:
+            # failed before the model (its own problem), or reached it: the model runs
+            return streak if unprepared else None
+        streak = [*streak, cause]
+        if len(set(streak)) > 1:
+            return None
+        if len(streak) >= STOP_AFTER:
+            raise ModelCannotRun(
+                f"stopped: the first {len(streak)} samples all failed alike: "
+                f"{cause.rstrip('.')}; the model cannot run as set up (their failed rows are "
+                "kept and a rerun retries them; --keep-going runs every sample regardless)")
+        return streak
 
     def _advance(self, bar: Progress, task: TaskID, sample: Sample) -> None:
         bar.advance(task)
@@ -331,8 +421,11 @@ class Evaluator:
     def _progress(self) -> Progress:
         return progress_bar(self.console, self.progress)
 
-    def _record_provenance(self, model: Model, label: str, keys: dict[str, RunKey]) -> None:
+    def _record_provenance(self, model: Model, label: str, keys: dict[str, RunKey],
+                           settings: dict[str, dict[str, Any]]) -> None:
+        """Store each key's provenance; refuse a resumption whose identity changed."""
         weights = provenance.weights_id(model)
+        identity = provenance.model_identity(model)
         fingerprint = provenance.dataset_fingerprint(self.dataset)
         device = str(model.device)
         if model.device.type == "cuda":
@@ -342,18 +435,32 @@ class Evaluator:
                              "category": m.metric.category} for m in self.metrics.values()}
         for method in self.methods:
             record = provenance.record(
-                model=model, model_label=label, weights=weights, dataset=self.dataset,
-                fingerprint=fingerprint, method=method.name,
-                method_options=method.describe_options(), metrics=metrics,
-                max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
-                seed=self.seed, device=device,
+                model=model, model_label=label, weights=weights, identity=identity,
+                dataset=self.dataset, fingerprint=fingerprint,
+                settings=settings[method.name], metrics=metrics, device=device,
                 shard=self.shard.label)
             stored = self.store.add_provenance(keys[method.name], record)
             changed = provenance.mismatch(stored, record)
             if changed:
                 raise MMXAIError(
-                    f"{self.store.path}: the stored results of {label} / {method.name} were "
-                    f"made with another {', '.join(changed)}; write to a new --out folder")
+                    f"results in {self.store.path.parent}: the stored results of {label} / "
+                    f"{method.name} were made with another {'; '.join(changed)}; write to a "
+                    "new --out folder")
+
+    def _check_prompts(self, label: str, keys: dict[str, RunKey],
+                       samples: Sequence[tuple[int, Sample]]) -> None:
+        """Refuse to resume samples whose prompt changed under the same key (a dataset
+        whose prompts changed without a change of its options or files)."""
+        for name, key in keys.items():
+            stored = self.store.prompts(key)
+            changed = [s.id for _, s in samples
+                       if s.id in stored and stored[s.id] != provenance.prompt_hash(s.prompt)]
+            if changed:
+                prompt = next(s.prompt for _, s in samples if s.id == changed[0])
+                raise MMXAIError(
+                    f"results in {self.store.path.parent}: the stored results of {label} / "
+                    f"{name} were made with another prompt for sample(s) {_few(changed)} "
+                    f"(now {prompt!r}); write to a new --out folder")
 
     # -- a batch of samples --------------------------------------------------------------
     def evaluate_batch(self, model: Model, batch: Sequence[Pending],
@@ -390,6 +497,7 @@ class Evaluator:
         try:
             image = load_image(sample)
         except Exception as exc:
+            self._unprepared.add(sample.id)
             return self._fail(sample, todo, keys, todo, _cause(exc))
         mask, mask_error = None, None
         if any(self.metrics[m].metric.needs_mask for ms in todo.values() for m in ms):
@@ -400,7 +508,9 @@ class Evaluator:
         try:
             inputs = model.build_inputs([image], sample.prompt)
         except Exception as exc:
-            return self._fail(sample, todo, keys, todo, f"generation: {_cause(exc)}")
+            cause = f"generation: {_cause(exc)}"
+            self._model_causes[sample.id] = cause
+            return self._fail(sample, todo, keys, todo, cause)
         return _Prepared(inputs, mask, mask_error)
 
     def _generate(self, model: Model, indices: Sequence[int],
@@ -433,7 +543,9 @@ class Evaluator:
                         trace: Trace | Exception, prepared: _Prepared) -> list[Row]:
         """Every method and metric of ``todo`` on the sample's generated trace."""
         if isinstance(trace, Exception):
-            return self._fail(sample, todo, keys, todo, f"generation: {_cause(trace)}")
+            cause = f"generation: {_cause(trace)}"
+            self._model_causes[sample.id] = cause
+            return self._fail(sample, todo, keys, todo, cause)
         try:
             words = words_from_trace(trace, sample, self.word_options)
         except Exception as exc:

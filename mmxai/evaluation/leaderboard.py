@@ -10,6 +10,8 @@ and resumed runs, or other machines merge by their unique keys.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,13 +79,16 @@ class Leaderboard:
 def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, Any]]]:
     """Rows and provenance records of several stores (files or folders of ``*.sqlite``).
 
-    A (key, sample, metric) present in several stores is kept once: a sample is never
-    counted twice, whatever overlaps between shards or copies.
+    Stores are opened read-only and never written. A (key, sample, metric) present in
+    several stores is kept once, its newest attempt (then the latest written): a sample is
+    never counted twice, whatever overlaps between shards or copies, and a failure retried
+    in one copy counts as retried. An ``ok`` row whose parts are not finite numbers (stores
+    written before mmxai checked them) counts as failed, with that cause.
     """
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files.extend(sorted(path.glob("*.sqlite")))
+            files.extend(p for p in sorted(path.glob("*.sqlite")) if p.is_file())
         elif path.exists():
             files.append(path)
         else:
@@ -92,14 +97,36 @@ def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, An
         raise MMXAIError(f"no results store (*.sqlite) in {', '.join(map(str, paths))}")
     rows: dict[tuple[RunKey, str, str], Row] = {}
     records: dict[str, dict[str, Any]] = {}
-    for file in files:
-        with ResultStore(file) as store:
+    for file in {f.resolve(): f for f in files}.values():  # each file once
+        with ResultStore(file, read_only=True) as store:
             for row in store.rows():
-                rows.setdefault((row.key, row.sample_id, row.metric), row)
+                index = (row.key, row.sample_id, row.metric)
+                kept = rows.get(index)
+                if kept is None or (row.attempt, row.created) > (kept.attempt, kept.created):
+                    rows[index] = _finite(row)
             for key, record in store.provenance().items():
                 record = {**record, "options_hash": key.options_hash}
                 records.setdefault(repr(sorted(record.items(), key=str)), record)
     return list(rows.values()), list(records.values())
+
+
+def _finite(row: Row) -> Row:
+    """``row``, or a failed row if its parts are not lists of finite numbers."""
+    if row.status != "ok":
+        return row
+    try:
+        good = isinstance(row.parts, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for values in row.parts.values() for v in values)
+    except TypeError:
+        good = False
+    if good:
+        return row
+    return dataclasses.replace(
+        row, status="failed", parts=None,
+        error=f"sample {row.sample_id}: stored result of metric {row.metric!r} on method "
+              f"{row.key.method!r} is not a list of finite numbers "
+              f"({json.dumps(row.parts)[:200]})")
 
 
 def metric_info(label: str, provenance: Sequence[dict[str, Any]]) -> MetricInfo:

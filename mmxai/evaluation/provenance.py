@@ -1,13 +1,29 @@
 """Provenance: what produced a stored result, so a table can be traced back and reproduced.
 
 A record holds the mmxai, torch and transformers versions, the model id with its revision or
-a hash of its weights, the dataset's name and fingerprint, the method's options, the
-generation settings, the seed and the device. ``identity`` fields (weights, dataset
-fingerprint) must match between a stored run and its resumption; the rest is informative.
+a hash of its weights, what turns a sample into the model's inputs (the model's config, the
+processor's settings, the tokenizer, the chat template, the generation config), the
+dataset's name, options and fingerprint, the method's name, version and options, the
+generation settings, the seed and the device.
+
+What can change the model's inputs or answers, or a method's maps, is part of a run's
+identity, in one of two ways (docs/evaluator.md, "What a stored result is keyed by"):
+
+- what the command line chooses (method, its version and options, dataset options such as
+  the prompt, ``--max-new-tokens``/``--min-new-tokens``, word options, ``--seed``, the
+  dtype) goes into the run's ``options_hash`` (:func:`run_settings`): another choice is
+  another run, stored side by side and told apart in the leaderboard;
+- what lies under the same names (the model folder's weights, config, processor settings,
+  tokenizer, chat template and generation config; the dataset's files) is checked
+  (:data:`IDENTITY`) when a run resumes into a store: a change is refused with a line naming
+  what changed, never mixed with the stored rows.
+
+The rest of a record (versions, device, shard, batch) is informative.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -20,9 +36,17 @@ import mmxai
 from mmxai.dataset import Dataset
 from mmxai.model import Model
 
-#: Fields that must not change when a run is resumed into the same store.
-IDENTITY = ("model_id", "weights", "dataset", "dataset_fingerprint", "method", "method_options",
-            "max_new_tokens", "min_new_tokens")
+#: Fields that must not change when a run is resumed into the same store (the key's own
+#: settings are listed too: they cannot differ under one key, but a record says so).
+IDENTITY = ("weights", "model_config", "adapter", "processor", "tokenizer", "chat_template",
+            "generation_config", "dataset", "dataset_fingerprint", "dataset_options",
+            "method", "method_version", "method_options", "max_new_tokens", "min_new_tokens",
+            "words", "seed", "dtype")
+
+#: Keys of the model's, processor's and generation configs that say nothing about what the
+#: model sees or writes (versions, local paths, private flags, the dtype: that one is keyed).
+_NOISE = {"transformers_version", "dtype", "torch_dtype", "name_or_path", "_name_or_path",
+          "output_attentions", "output_hidden_states", "return_dict_in_generate"}
 
 
 def options_hash(settings: dict[str, Any]) -> str:
@@ -72,10 +96,121 @@ def dataset_fingerprint(dataset: Dataset) -> str | None:
         return None
 
 
-def record(*, model: Model, model_label: str, weights: str, dataset: Dataset,
-           fingerprint: str | None, method: str, method_options: dict[str, Any],
-           metrics: dict[str, dict[str, Any]], max_new_tokens: int, min_new_tokens: int, seed: int,
-           device: str, shard: str) -> dict[str, Any]:
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON (tuples as lists, enums and other objects as strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _clean(value: Any) -> Any:
+    """A config dict without :data:`_NOISE` and private keys, at every depth."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()
+                if not str(k).startswith("_") and str(k) not in _NOISE}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    for name in ("to_diff_dict", "to_dict"):
+        method = getattr(obj, name, None)
+        if callable(method):
+            try:
+                return jsonable(method())
+            except Exception:  # a remote-code object whose dict does not serialise
+                continue
+    return {"class": type(obj).__name__}
+
+
+def _adapter_settings(model: Model) -> dict[str, Any]:
+    """The adapter's class and its own plain settings (e.g. a pixel budget)."""
+    settings = {k: v for k, v in vars(model).items()
+                if not k.startswith("_") and k not in ("hf", "processor", "model_id", "revision")
+                and isinstance(v, (str, int, float, bool, type(None), list, tuple, dict))}
+    return {"class": type(model).__name__, **jsonable(settings)}
+
+
+def _tokenizer_id(tokenizer: Any) -> str:
+    """A hash of the tokenizer's vocabulary, merges, normaliser and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    try:
+        text = backend.to_str() if backend is not None else json.dumps(
+            sorted(tokenizer.get_vocab().items()))
+    except Exception:
+        text = type(tokenizer).__name__
+    extra = {name: getattr(tokenizer, name, None)
+             for name in ("padding_side", "truncation_side", "special_tokens_map",
+                          "add_bos_token", "add_eos_token")}
+    return "sha256:" + _sha(text + json.dumps(jsonable(extra), sort_keys=True))
+
+
+def _chat_template_id(model: Model) -> str | None:
+    templates = {"processor": getattr(model.processor, "chat_template", None),
+                 "tokenizer": getattr(model.tokenizer, "chat_template", None)}
+    if all(t is None for t in templates.values()):
+        return None
+    return "sha256:" + _sha(json.dumps(jsonable(templates), sort_keys=True))
+
+
+def model_identity(model: Model) -> dict[str, Any]:
+    """What turns a sample into this model's inputs and answers, besides the weights:
+    the model's config, the adapter's settings, the processor's settings (image size,
+    pixel budgets, normalisation, image tokens...), the tokenizer, the chat template and
+    the generation config (e.g. ``min_new_tokens``, ``eos_token_id``)."""
+    processor = model.processor
+    tokenizer = model.tokenizer
+    processor_settings = (_clean(_to_dict(processor)) if processor is not tokenizer
+                          else {"class": type(processor).__name__})
+    if isinstance(processor_settings, dict):
+        processor_settings.pop("chat_template", None)  # hashed on its own
+    return {
+        "model_config": _clean(_to_dict(model.hf.config)),
+        "adapter": _adapter_settings(model),
+        "processor": processor_settings,
+        "tokenizer": _tokenizer_id(tokenizer),
+        "chat_template": _chat_template_id(model),
+        "generation_config": _clean(_to_dict(getattr(model.hf, "generation_config", None))),
+    }
+
+
+def dataset_options(dataset: Dataset) -> dict[str, Any]:
+    """The options the dataset was built with (e.g. its prompt), unset ones left out."""
+    options = getattr(dataset, "options", None)
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        options = dataclasses.asdict(options)
+    if not isinstance(options, dict):
+        options = {}
+    return jsonable({k: v for k, v in options.items() if v is not None})
+
+
+def run_settings(*, method: Any, dataset: Dataset, max_new_tokens: int, min_new_tokens: int,
+                 words: Any, seed: int, dtype: str) -> dict[str, Any]:
+    """What a run's ``options_hash`` covers: the command line's choices."""
+    return {
+        "method": method.name,
+        "version": str(getattr(method, "version", "1")),
+        "options": jsonable(method.describe_options()),
+        "dataset_options": dataset_options(dataset),
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": min_new_tokens,
+        "words": None if words is None else jsonable(dataclasses.asdict(words)),
+        "seed": seed,
+        "dtype": dtype,
+    }
+
+
+def prompt_hash(prompt: str) -> str:
+    """What the store keeps of a sample's prompt, to notice a prompt changed under a key."""
+    return _sha(prompt)[:16]
+
+
+def record(*, model: Model, model_label: str, weights: str, identity: dict[str, Any],
+           dataset: Dataset, fingerprint: str | None, settings: dict[str, Any],
+           metrics: dict[str, dict[str, Any]], device: str, shard: str) -> dict[str, Any]:
     import transformers
 
     return {
@@ -86,24 +221,48 @@ def record(*, model: Model, model_label: str, weights: str, dataset: Dataset,
         "model": model_label,
         "model_id": model.model_id,
         "architecture": type(model.hf).__name__,
-        "dtype": str(model.hf.dtype).removeprefix("torch."),
+        "dtype": settings["dtype"],
         "weights": weights,
+        **identity,
         "dataset": dataset.name,
         "dataset_root": str(dataset.root) if dataset.root is not None else None,
         "dataset_fingerprint": fingerprint,
-        "method": method,
-        "method_options": method_options,
+        "dataset_options": settings["dataset_options"],
+        "method": settings["method"],
+        "method_version": settings["version"],
+        "method_options": settings["options"],
+        "words": settings["words"],
         "metrics": metrics,
-        "max_new_tokens": max_new_tokens,
-        "min_new_tokens": min_new_tokens,
-        "seed": seed,
+        "max_new_tokens": settings["max_new_tokens"],
+        "min_new_tokens": settings["min_new_tokens"],
+        "seed": settings["seed"],
         "device": device,
         "shard": shard,
     }
 
 
+def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves in which two JSON values differ."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(stored) | set(current), key=str):
+            found += _differences(stored.get(key), current.get(key), f"{prefix}{key}.")
+        return found
+    if json.dumps(stored, sort_keys=True, default=str) != json.dumps(current, sort_keys=True,
+                                                                      default=str):
+        return [prefix.rstrip(".")]
+    return []
+
+
 def mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The identity fields in which a resumed run differs from what the store holds."""
-    return [f for f in IDENTITY
-            if json.dumps(stored.get(f), sort_keys=True, default=str)
-            != json.dumps(current.get(f), sort_keys=True, default=str)]
+    """The identity fields in which a resumed run differs from what the store holds, each
+    with the settings that changed inside it: ``processor (image_processor.image_mean)``."""
+    changed = []
+    for field in IDENTITY:
+        paths = [p for p in _differences(stored.get(field), current.get(field)) if p]
+        if paths:
+            more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+            changed.append(f"{field} ({', '.join(paths[:3])}{more})")
+        elif _differences(stored.get(field), current.get(field)):
+            changed.append(field)
+    return changed
