@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from mmxai import maps as mapsmod
+from mmxai.errors import InputError, MMXAIError
 from mmxai.images import read_image
 from mmxai.method import Method
 from mmxai.model import Model, load_model
@@ -64,19 +66,86 @@ def make_method(spec: str | Method, **options: Any) -> Method:
     return manager().get("methods", spec)(**options)
 
 
+class InvalidMapsError(MMXAIError):
+    """A method returned maps of the wrong shape, or with NaN or infinite values."""
+
+
+def checked_maps(method: str, maps: Any, n_tokens: int, n_image: int) -> np.ndarray:
+    """``maps`` as float32 (n_tokens, n_image), all finite, or :class:`InvalidMapsError`
+    naming ``method`` and what is wrong."""
+    try:
+        array = np.asarray(maps, dtype=np.float32)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidMapsError(f"method {method!r} returned maps that are not an array of "
+                               f"numbers ({type(maps).__name__}: {exc})") from exc
+    if array.shape != (n_tokens, n_image):
+        raise InvalidMapsError(f"method {method!r} returned maps of shape "
+                               f"{tuple(array.shape)}, expected ({n_tokens}, {n_image}) "
+                               f"(explained tokens x image tokens)")
+    bad = int(np.size(array) - np.isfinite(array).sum())
+    if bad:
+        raise InvalidMapsError(f"method {method!r} returned {bad} NaN or infinite value(s) "
+                               f"(at float32) in its maps")
+    return array
+
+
+def failure_message(method: str, exc: BaseException) -> str:
+    """One line saying why ``method`` failed: its own message for an mmxai error, else the
+    exception's type and message (an unexpected type is a bug, named as such)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, InvalidMapsError):
+        return text
+    if isinstance(exc, MMXAIError):
+        return f"method {method!r} failed: {text}"
+    if isinstance(exc, SystemExit):
+        return f"method {method!r} failed: it called sys.exit({exc.code!r})"
+    return f"method {method!r} failed: {type(exc).__name__}" + (f": {text}" if text else "")
+
+
+def _image_names(images: Sequence[ImageLike], names: Sequence[str] | None) -> str:
+    if names is None:
+        names = [str(im) if isinstance(im, (str, Path))
+                 else getattr(im, "filename", "") or f"<image {k}>"
+                 for k, im in enumerate(images)]
+    return ("image " if len(names) == 1 else "images ") + ", ".join(map(repr, map(str, names)))
+
+
+def check_prompt(prompt: Any, what: str = "prompt") -> str:
+    """``prompt`` if it is text that can be encoded (UTF-8), else one line naming ``what``."""
+    if not isinstance(prompt, str):
+        raise InputError(f"{what}: expected text, got {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what}: not valid UTF-8 text (undecodable byte(s) at character "
+                         f"{exc.start}: {prompt[exc.start:exc.end]!r})") from exc
+    return prompt
+
+
 def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], prompt: str,
                  methods: Sequence[str | Method] = ("tam",), *, max_new_tokens: int = 32,
                  method_options: dict[str, dict[str, Any]] | None = None,
                  tokens: Sequence[int] | None = None,
                  on_step: Callable[[str], None] | None = None,
-                 generate_kwargs: dict[str, Any] | None = None) -> dict[str, Explanation]:
+                 generate_kwargs: dict[str, Any] | None = None,
+                 failures: dict[str, BaseException] | None = None,
+                 image_names: Sequence[str] | None = None) -> dict[str, Explanation]:
     """Trace once, then run every method on the shared trace.
 
     ``tokens`` selects generated-token indices (all by default). ``method_options`` maps a
     method name to its options. ``on_step`` (for progress displays) is called with
     ``"trace"`` before generating and with each method's name before it runs.
     ``generate_kwargs`` go to ``generate`` (e.g. ``min_new_tokens``).
+
+    Every method's maps are checked: (len(tokens), N_image) and finite, else
+    :class:`InvalidMapsError`. With ``failures`` (a dict) a method that raises or returns
+    bad maps is left out of the result and its exception stored there under its name
+    (:func:`failure_message` says it in one line), so the other methods still give maps;
+    without it the first failure is raised. A processor or ``generate`` that refuses the
+    images or prompt (``ValueError``), or runs out of memory, is an :class:`InputError`
+    naming the images (as ``image_names`` gives them, by default their paths).
     """
+    check_prompt(prompt)
     if isinstance(model, str):
         model = load_model(model)
     if isinstance(images, (str, Path, Image.Image)):
@@ -85,21 +154,52 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
     method_options = method_options or {}
     instances = [make_method(m, **method_options.get(m if isinstance(m, str) else m.name, {}))
                  for m in methods]
+    names = [method.name for method in instances]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InputError(f"methods: {', '.join(map(repr, twice))} given twice (one result "
+                         f"per name)")
     needs = Needs()
     for method in instances:
         needs = needs | method.needs
-    inputs = model.build_inputs(pil, prompt)
+    named = _image_names(images, image_names)
+    try:
+        inputs = model.build_inputs(pil, prompt)
+    except (ValueError, torch.OutOfMemoryError) as exc:
+        raise InputError(f"{named}: the model's processor cannot take the image(s) with this "
+                         f"prompt: {type(exc).__name__}: {exc}") from exc
     if on_step is not None:
         on_step("trace")
-    trace = generate_trace(model, inputs, needs, max_new_tokens=max_new_tokens,
-                           **(generate_kwargs or {}))
-    selected = list(range(trace.n_generated)) if tokens is None else [int(t) for t in tokens]
+    try:
+        trace = generate_trace(model, inputs, needs, max_new_tokens=max_new_tokens,
+                               **(generate_kwargs or {}))
+    except (ValueError, torch.OutOfMemoryError) as exc:
+        raise InputError(f"{named}: generation failed on these inputs: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if tokens is None:
+        selected = list(range(trace.n_generated))
+    else:
+        selected = [int(t) for t in tokens]
+        outside = [t for t in selected if not 0 <= t < trace.n_generated]
+        if outside:
+            raise InputError(f"tokens: {outside} out of range; the answer has "
+                             f"{trace.n_generated} generated token(s)")
+    n_image = sum(grid.size for grid in trace.grids)
     strings = trace.token_strings()
     results = {}
     for method in instances:
         if on_step is not None:
             on_step(method.name)
-        maps = np.asarray(method.explain(trace, selected), dtype=np.float32)
+        try:
+            maps = checked_maps(method.name, method.explain(trace, selected), len(selected),
+                                n_image)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # with `failures`, SystemExit & co. are failures too
+            if failures is None:
+                raise
+            failures[method.name] = exc
+            continue
         results[method.name] = Explanation(method.name, method.describe_options(), trace,
                                            selected, maps, [strings[t] for t in selected])
     return results

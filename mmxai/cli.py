@@ -3,13 +3,18 @@
 Subcommands live in ``mmxai.commands.<name>`` modules, each exposing
 ``add_arguments(parser)`` and ``run(args) -> int``. They are imported lazily, only the one
 being run, so a broken optional module never breaks ``mmxai --help`` or another command.
-Every :class:`~mmxai.errors.MMXAIError` ends the program with one red line and exit code 2.
+Every :class:`~mmxai.errors.MMXAIError` ends the program with one red line and exit code 2;
+so do argparse's usage errors (a bad int, a missing argument) and the OS errors a user's
+paths and disk cause (no space, no permission, not a directory: :data:`USER_ERRNOS`). Any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,16 +39,39 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 USAGE_ERROR = 2
+#: Exit code when the reader of our output went away (``mmxai plugins | head -1``): 128 +
+#: SIGPIPE, what a shell reports for a program killed by it.
+BROKEN_PIPE = 141
+#: OS errors about a path that the user or their machine causes, not mmxai: shown as one
+#: line (the path and the cause) instead of a traceback when they reach :func:`main`.
+USER_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "ENOENT", "EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EEXIST", "ENOTDIR", "EISDIR",
+    "ENAMETOOLONG", "ELOOP", "ENOTEMPTY", "EFBIG", "EMFILE", "ENFILE", "EBUSY", "ETXTBSY",
+) if hasattr(errno, name))
 
 
 def error(message: str) -> None:
-    """Print one red line on stderr (never wrapped, so scripts can grep it)."""
+    """Print one red line on stderr (never wrapped, so scripts can grep it). Undecodable
+    bytes (lone surrogates) are shown as ``\\udcff`` escapes, never a UnicodeEncodeError."""
     line = " ".join(str(message).split())
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(line)}")
 
 
+class UsageError(Exception):
+    """argparse refused the command line; the message names the argument and the cause."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors become one line (via :class:`UsageError`)
+    instead of the usage text plus a message; subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmxai",
         description="Explain what a multimodal LLM looked at for each generated token.",
     )
@@ -71,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = module.run
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a usage error argparse printed
+    except UsageError as exc:
+        error(str(exc))
+        return USAGE_ERROR
+    except SystemExit as exc:  # --help or --version
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
         return USAGE_ERROR
@@ -86,6 +117,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE
+    except OSError as exc:
+        if exc.errno not in USER_ERRNOS or exc.filename is None:
+            raise  # not about a path: a bug until shown otherwise
+        where = repr(str(exc.filename))
+        if exc.filename2 is not None:
+            where += f" -> {str(exc.filename2)!r}"
+        error(f"{where}: {exc.strerror or type(exc).__name__} "
+              f"({errno.errorcode.get(exc.errno, exc.errno)})")
+        return USAGE_ERROR
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush does
+    not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced (tests) or closed
+        pass
 
 
 if __name__ == "__main__":

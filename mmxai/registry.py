@@ -11,7 +11,9 @@ names (unset: everything; empty: nothing).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,11 +40,26 @@ class PluginInfo:
     version: str = "?"
     license: str | None = None
     registered: dict[str, list[str]] = field(default_factory=dict)
-    error: str | None = None
+    #: Every failure, in order: the import, or each hook that raised or registered
+    #: something invalid. Any error makes the whole plugin broken.
+    errors: list[str] = field(default_factory=list)
+    #: The traceback of each error, for debugging (not shown by ``mmxai plugins``).
+    tracebacks: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def error(self) -> str | None:
+        """All errors on one line (``; `` between them), or None."""
+        return "; ".join(self.errors) if self.errors else None
 
     @property
     def broken(self) -> bool:
-        return self.error is not None
+        return bool(self.errors)
+
+    def fail(self, message: str) -> None:
+        """Record one error (with the traceback being handled, if any)."""
+        self.errors.append(" ".join(message.split()))
+        if sys.exc_info()[0] is not None:
+            self.tracebacks.append(traceback.format_exc())
 
     @property
     def key(self) -> str:
@@ -58,6 +75,7 @@ class PluginInfo:
             "license": self.license,
             "registered": self.registered,
             "error": self.error,
+            "errors": list(self.errors),
         }
 
 
@@ -71,17 +89,80 @@ def _licence(dist: metadata.Distribution) -> str | None:
     return classifiers[0].split("::")[-1].strip() if classifiers else None
 
 
-def _keys(kind: str, obj: Any) -> list[str]:
-    """The names an object registers under: architectures for models, ``name`` otherwise."""
+def _base(kind: str) -> type:
+    """The class every object registered under ``kind`` must subclass."""
     if kind == "models":
-        keys = list(getattr(obj, "architectures", ()) or ())
-        if not keys:
-            raise TypeError(f"model adapter {obj!r} declares no `architectures`")
-        return keys
-    name = getattr(obj, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{kind[:-1]} {obj!r} has no string `name`")
-    return [name]
+        from mmxai.model import Model
+        return Model
+    if kind == "methods":
+        from mmxai.method import Method
+        return Method
+    if kind == "metrics":
+        from mmxai.metric import Metric
+        return Metric
+    from mmxai.dataset import Dataset
+    return Dataset
+
+
+#: Characters a method, metric or dataset name cannot hold: the CLI could not name it
+#: (``--method a,b`` splits on commas, ``--option NAME.KEY=VALUE`` on the first dot and ``=``).
+_RESERVED = set(",.=")
+
+
+def _check_name(what: str, name: Any, reserved: set[str] = _RESERVED) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} is not a string: {type(name).__name__} {name!r}")
+    if not name:
+        raise TypeError(f"{what} is empty")
+    bad = sorted({ch for ch in name if ch in reserved or ch.isspace() or not ch.isprintable()})
+    if bad or name.startswith("-"):
+        why = f"holds {''.join(bad)!r}" if bad else "starts with '-'"
+        raise TypeError(f"{what} {name!r} {why}: the command line could not name it")
+    return name
+
+
+def _keys(kind: str, obj: Any) -> list[str]:
+    """The names an object registers under: architectures for models, ``name`` otherwise.
+
+    The object must be a class deriving from the kind's base class (``Model``, ``Method``,
+    ``Metric``, ``Dataset``) with string names; anything else is a ``TypeError`` that marks
+    the plugin broken.
+    """
+    base = _base(kind)
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        what = f"class {obj.__qualname__}" if isinstance(obj, type) else \
+            f"{type(obj).__name__} {obj!r}"
+        raise TypeError(f"register() takes {base.__name__} subclasses in "
+                        f"register_{kind}, not the {what}"[:300])
+    if kind == "models":
+        architectures = getattr(obj, "architectures", ())
+        if isinstance(architectures, str) or not isinstance(architectures, (list, tuple)):
+            raise TypeError(f"model adapter {obj.__qualname__}: `architectures` must be a list "
+                            f"of class names, not {type(architectures).__name__}")
+        if not architectures:
+            raise TypeError(f"model adapter {obj.__qualname__} declares no `architectures`")
+        if obj.name is not None and not isinstance(obj.name, str):
+            raise TypeError(f"model adapter {obj.__qualname__}: `name` is not a string: "
+                            f"{type(obj.name).__name__} {obj.name!r}")
+        return [_check_name(f"model adapter {obj.__qualname__}: architecture", a, set())
+                for a in architectures]
+    return [_check_name(f"{kind[:-1]} {obj.__qualname__}: `name`", getattr(obj, "name", None))]
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line; says what a ``SystemExit`` is."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the plugin called sys.exit()"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Any:
+    """Whatever plugin code prints goes to stderr: stdout stays machine-readable
+    (``mmxai plugins --json``)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _load_order(ep: metadata.EntryPoint) -> tuple[bool, str, str]:
@@ -123,10 +204,12 @@ class PluginManager:
                 info.version = ep.dist.version
                 info.license = _licence(ep.dist)
             try:
-                module = ep.load()
-            except Exception as exc:  # a broken plugin must not take the CLI down
-                info.error = f"import failed: {type(exc).__name__}: {exc}"
-                info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
+                with _quiet_stdout():
+                    module = ep.load()
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # sys.exit() in a plugin must not end mmxai either
+                info.fail(f"import failed: {_describe(exc)}")
                 self._plugins[info.key] = info
                 continue
             self.add_plugin(module, info)
@@ -139,8 +222,10 @@ class PluginManager:
             info = PluginInfo(name=name, module=name, distribution="(in-process)")
         try:
             self._pm.register(module, name=info.key)
-        except Exception as exc:
-            info.error = f"invalid hooks: {type(exc).__name__}: {exc}"
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            info.fail(f"invalid hooks: {_describe(exc)}")
             self._plugins[info.key] = info
             return info
         self._plugins[info.key] = info
@@ -166,9 +251,12 @@ class PluginManager:
                 staged.append((key, obj))
 
         try:
-            function(register=register)
-        except Exception as exc:
-            info.error = f"register_{kind} failed: {type(exc).__name__}: {exc}"
+            with _quiet_stdout():
+                function(register=register)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit, GeneratorExit, ...: broken, not fatal
+            info.fail(f"register_{kind} failed: {_describe(exc)}")
             return
         for key, obj in staged:
             self._registries[kind][key] = (obj, info)

@@ -98,6 +98,29 @@ def safe_filename(text: str, limit: int = 40) -> str:
     return cleaned.strip("_")[:limit] or "_"
 
 
+def as_text(value: object) -> str:
+    """``value`` as text that can be written as UTF-8: lone surrogates (what Python makes of
+    undecodable bytes in file names and arguments) become U+FFFD."""
+    value = str(value)
+    if not any("\ud800" <= ch <= "\udfff" for ch in value):
+        return value
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
+
+
+def html_text(value: object) -> str:
+    """Text for HTML content or a quoted attribute value: ``& < > " '`` escaped."""
+    return html.escape(as_text(value), quote=True)
+
+
+def script_json(value: object) -> str:
+    """JSON to embed in an inline ``<script>``: ASCII only (so U+2028/U+2029, which end a
+    line in older JavaScript, are ``\\u`` escapes) and no ``<``, ``>`` or ``&`` at all, so no
+    ``</script>``, ``<!--`` or ``<script`` in the data can end or change the script element.
+    ``json.loads`` of the result gives back ``value``."""
+    encoded = json.dumps(value, ensure_ascii=True, allow_nan=False)
+    return encoded.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 @dataclass
 class PageMethod:
     """One method's maps for a page: a JET-coloured PNG per explained token
@@ -116,12 +139,19 @@ def html_page(title: str, image: Image.Image, words: Sequence[str],
     ``alpha`` (the blend :func:`overlay` computes), so the page stays small even for long
     answers. Choosing a token shows its map; a selector switches methods when several ran;
     arrow keys step through the tokens; a slider sets the map's opacity.
+
+    Every string (title, subtitle, words, method names) is text, never markup: it is
+    escaped for HTML, and embedded in the script only as :func:`script_json`.
     """
+    names = [as_text(m.name) for m in methods]
     for method in methods:
         if len(method.heatmaps) != len(words):
             raise ValueError(f"method {method.name!r}: {len(method.heatmaps)} maps for "
                              f"{len(words)} tokens")
-    payload = {m.name: [data_uri(png) for png in m.heatmaps] for m in methods}
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods with the same name would share one entry: {names!r}")
+    payload = {name: [data_uri(png) for png in m.heatmaps] 
+               for name, m in zip(names, methods, strict=True)}
     width, _ = fit(image.size)
     # The photo goes in once, as JPEG (a PNG photo is ten times larger), at most 1024 wide
     # and never upscaled: the browser scales it to the display width.
@@ -129,21 +159,20 @@ def html_page(title: str, image: Image.Image, words: Sequence[str],
     if max(image.size) > 1024:
         embedded = embedded.resize(fit(image.size), Image.Resampling.BICUBIC)
     tokens = "".join(
-        f'<span class="tok" data-i="{i}" title="token {i}">{html.escape(word) or "&#8203;"}</span>'
+        f'<span class="tok" data-i="{i}" title="token {i}">{html_text(word) or "&#8203;"}</span>'
         for i, word in enumerate(words)
     )
-    options = "".join(f'<option value="{html.escape(m.name)}">{html.escape(m.name)}</option>'
-                      for m in methods)
+    options = "".join(f'<option value="{html_text(name)}">{html_text(name)}</option>'
+                      for name in names)
     if len(methods) > 1:
         selector = f'<label>method <select id="method">{options}</select></label>'
     else:
-        selector = "".join(f"method: <b>{html.escape(m.name)}</b>" for m in methods)
-    # "</" inside a <script> would close it early; JSON allows the escaped form.
-    data = json.dumps(payload).replace("</", "<\\/")
+        selector = "".join(f"method: <b>{html_text(name)}</b>" for name in names)
     return _TEMPLATE.format(
-        title=html.escape(title), subtitle=html.escape(subtitle), tokens=tokens,
-        selector=selector, image=data_uri(jpeg_bytes(embedded), "image/jpeg"), data=data,
-        alpha=float(alpha), first=json.dumps(methods[0].name if methods else ""), width=width,
+        title=html_text(title), subtitle=html_text(subtitle), tokens=tokens,
+        selector=selector, image=data_uri(jpeg_bytes(embedded), "image/jpeg"),
+        data=script_json(payload), alpha=float(alpha),
+        first=script_json(names[0] if names else ""), width=width,
     )
 
 

@@ -21,6 +21,7 @@ from mmxai import cli, hookspecs, registry
 from mmxai.api import explain
 from mmxai.errors import DuplicateNameError, UnknownNameError
 from mmxai.hookspecs import hookimpl
+from mmxai.method import Method
 
 GOOD = """
 from mmxai.hookspecs import hookimpl
@@ -145,10 +146,10 @@ def test_a_third_party_plugin_cannot_take_a_builtin_name(entry_points):
 
 
 def test_register_raises_the_duplicate_inside_the_hook():
-    class First:
+    class First(Method):
         name = "same"
 
-    class Second:
+    class Second(Method):
         name = "same"
 
     caught = []

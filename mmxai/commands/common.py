@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors import SafetensorError
 
 from mmxai.commands.tiny import find_family
 from mmxai.errors import InputError, UnsupportedModelError
@@ -13,35 +14,91 @@ from mmxai.model import Model, load_model
 TINY = "tiny:"
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec != "auto":
-        return torch.device(spec)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+#: What ``--dtype`` accepts besides ``auto`` (the checkpoint's own dtype).
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+#: Device types mmxai runs on, with how to ask torch whether one is there and how many.
+_BACKENDS = {
+    "cuda": ("CUDA", lambda: torch.cuda.is_available(), lambda: torch.cuda.device_count()),
+    "mps": ("MPS (Apple GPU)", lambda: torch.backends.mps.is_available(), lambda: 1),
+    "xpu": ("XPU (Intel GPU)", lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+            lambda: torch.xpu.device_count()),
+}
+
+
+def resolve_device(spec: str, option: str = "--device") -> torch.device:
+    """The device ``spec`` names, checked to exist on this machine; anything else is one line
+    naming ``option`` and the cause, raised before any model loads.
+
+    ``auto``: ``cuda:$LOCAL_RANK`` (default 0) when CUDA is available, else ``cpu``.
+    """
+    if spec == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        rank = os.environ.get("LOCAL_RANK", "0")
+        if not rank.strip().isdigit():
+            raise InputError(f"LOCAL_RANK {rank!r}: expected a CUDA device index (0, 1, ...)")
+        spec = f"cuda:{int(rank)}"
+        option = f"{option} auto (LOCAL_RANK={int(rank)})"
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InputError(f"{option} {spec!r}: not a device; expected auto, cpu, cuda, cuda:N, "
+                         f"mps or xpu") from exc
+    if device.type == "cpu":
+        return device
+    if device.type not in _BACKENDS:
+        raise InputError(f"{option} {spec!r}: mmxai runs models on cpu, cuda, mps or xpu, "
+                         f"not on {device.type!r}")
+    label, available, count = _BACKENDS[device.type]
+    if not available():
+        raise InputError(f"{option} {spec!r}: {label} is not available here (torch "
+                         f"{torch.__version__}); use --device cpu or auto")
+    n = count()
+    if device.index is not None and device.index >= n:
+        raise InputError(f"{option} {spec!r}: no such device; this machine has {n} "
+                         f"{device.type} device(s), {device.type}:0 to {device.type}:{n - 1}")
+    return device
 
 
 def parse_dtype(spec: str) -> torch.dtype | str:
+    """``auto`` or one of :data:`DTYPES` as a torch dtype; anything else is one line."""
     if spec == "auto":
         return "auto"
-    dtype = getattr(torch, spec, None)
-    if not isinstance(dtype, torch.dtype):
-        raise InputError(f"--dtype {spec!r}: expected auto, float32, bfloat16 or float16")
-    return dtype
+    if spec not in DTYPES:
+        raise InputError(f"--dtype {spec!r}: expected auto, {', '.join(DTYPES)}")
+    return getattr(torch, spec)
+
+
+#: What loading a model raises when the checkpoint, not mmxai, is at fault: a missing or
+#: unreadable file, a malformed config, corrupt weights, a package the checkpoint's own code
+#: needs, too little memory.
+_LOAD_ERRORS = (OSError, ValueError, ImportError, SafetensorError, torch.OutOfMemoryError)
 
 
 def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto",
                trust_remote_code: bool = False) -> Model:
-    """A model from a hub name, a local folder, or ``tiny:<family>``."""
-    if spec.startswith(TINY):
-        model = find_family(spec[len(TINY):]).tiny()
-        model.hf.to(device=device, dtype=None if dtype == "auto" else dtype)
-        return model
+    """A model from a hub name, a local folder, or ``tiny:<family>``.
+
+    Hugging Face's own progress bars are off while it loads (the commands show their own),
+    so stderr holds nothing but what mmxai says."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
+        if spec.startswith(TINY):
+            model = find_family(spec[len(TINY):]).tiny()
+            model.hf.to(device=device, dtype=None if dtype == "auto" else dtype)
+            return model
         return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc
+    except _LOAD_ERRORS as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        cause = first if isinstance(exc, (OSError, ValueError)) and first else \
+            f"{type(exc).__name__}: {first}".rstrip(": ")
+        raise UnsupportedModelError(f"cannot load model {spec!r}: {cause}") from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def parse_options(specs: list[str], names: list[str]) -> dict[str, dict[str, str]]:

@@ -8,29 +8,43 @@ Writes into ``--out``:
   answer as clickable tokens, each showing its map; self-contained, works offline;
 - ``<method>/maps.npz``: the raw flat maps (n_tokens, N_image) with the grid layout, to
   reshape with :mod:`mmxai.maps`;
-- ``run.json``: model, prompt, answer, methods and options.
+- ``run.json``: model, prompt, answer, methods and options, and the methods that failed.
+
+Exit codes: 0 when every method gave maps; 2 when the run was refused (bad input, nothing
+written) or every method failed; :data:`PARTIAL` (3) when some methods failed (one line
+each on stderr) and the others' maps and pages were written.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import json
+import traceback
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from mmxai import render
-from mmxai.api import Explanation, explain_many, load_image, make_method
+from mmxai.api import (
+    Explanation,
+    check_prompt,
+    explain_many,
+    failure_message,
+    load_image,
+    make_method,
+)
+from mmxai.cli import error
 from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
+from mmxai.commands.tiny import shown, writable_folder
 from mmxai.errors import InputError
 
 DEFAULT_METHOD = "tam"
 HEATMAP_SIDE = 192  # maps are smooth: the page needs no more pixels than this
+#: Exit code when some methods failed and the others' outputs were written.
+PARTIAL = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,47 +69,91 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow the checkpoint's own Python code to run")
 
 
+def method_folders(names: list[str]) -> dict[str, str]:
+    """Each method's output folder name: :func:`render.safe_filename`, with ``-2``, ``-3``
+    ... when two names would give the same folder (``a<b`` and ``a>b``): nothing is
+    overwritten."""
+    folders: dict[str, str] = {}
+    for name in names:
+        base = folder = render.safe_filename(name)
+        n = 1
+        while folder.lower() in {f.lower() for f in folders.values()}:  # case-blind file systems
+            n += 1
+            folder = f"{base}-{n}"
+        folders[name] = folder
+    return folders
+
+
+def _check_targets(out: Path, folders: dict[str, str], n_images: int) -> None:
+    """What the run will write must not be blocked by a file or folder already in ``out``."""
+    pages = ["index.html"] + ([f"image{k}.html" for k in range(n_images)] if n_images > 1 else [])
+    for name in [*pages, "run.json"]:
+        if (out / name).is_dir():
+            raise InputError(f"--out {str(out)!r}: {name} is a folder there; the run writes "
+                             f"a file of that name")
+    for folder in folders.values():
+        if (out / folder).exists() and not (out / folder).is_dir():
+            raise InputError(f"--out {str(out)!r}: {folder} is a file there; the run writes "
+                             f"a folder of that name")
+
+
 def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for spec in (args.methods or [DEFAULT_METHOD])
                for m in spec.split(",") if m.strip()]
     methods = list(dict.fromkeys(methods))
+    # Everything the user typed is checked before the (slow) model load.
     if args.max_new_tokens < 1:
         raise InputError("--max-new-tokens must be at least 1")
+    check_prompt(args.prompt, "--prompt")
+    device = resolve_device(args.device)
+    dtype = parse_dtype(args.dtype)
     options = parse_options(args.options, methods)
-    # Everything the user typed is checked before the (slow) model load.
     images = [load_image(path) for path in args.images]
     instances = [make_method(name, **options.get(name, {})) for name in methods]
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {str(args.out)!r}: cannot create the folder ({exc})") from exc
+    folders = method_folders([m.name for m in instances])
+    writable_folder(args.out, "--out")
+    _check_targets(args.out, folders, len(images))
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    failures: dict[str, BaseException] = {}
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(f"loading {args.model}", total=2 + 2 * len(instances))
-        model = open_model(args.model, resolve_device(args.device), parse_dtype(args.dtype),
-                           args.trust_remote_code)
+        task = progress.add_task(f"loading {shown(args.model)}", total=2 + 2 * len(instances))
+        model = open_model(args.model, device, dtype, args.trust_remote_code)
 
         def on_step(step: str) -> None:  # a step starts: the one before it is done
             label = "tracing (one generation for all methods)" if step == "trace" else step
-            progress.update(task, description=label, advance=1)
+            progress.update(task, description=shown(label), advance=1)
 
         explanations = explain_many(model, images, args.prompt, instances,
-                                    max_new_tokens=args.max_new_tokens, on_step=on_step)
-        heatmaps = {}
-        for name, explanation in explanations.items():
-            progress.update(task, description=f"rendering {name}", advance=1)
-            write_method(explanation, render_overlays(explanation, images), args.out)
-            heatmaps[name] = render_heatmaps(explanation, images)
-        progress.update(task, advance=1)
-    pages = write_pages(explanations, heatmaps, images, args.out, title=f"mmxai: {args.model}")
-    write_run(explanations, args)
+                                    max_new_tokens=args.max_new_tokens, on_step=on_step,
+                                    failures=failures, image_names=list(map(str, args.images)))
+        if explanations:
+            try:
+                heatmaps = {}
+                for name, explanation in explanations.items():
+                    progress.update(task, description=f"rendering {shown(name)}", advance=1)
+                    write_method(explanation, render_overlays(explanation, images), args.out,
+                                 folders[name])
+                    heatmaps[name] = render_heatmaps(explanation, images)
+                progress.update(task, advance=1)
+                pages = write_pages(explanations, heatmaps, images, args.out,
+                                    title=f"mmxai: {args.model}",
+                                    image_names=list(map(str, args.images)))
+                write_run(explanations, args, failures, folders)
+            except OSError as exc:  # disk full, a file appearing in the way, ...
+                where = exc.filename if exc.filename is not None else args.out
+                raise InputError(f"--out {str(args.out)!r}: cannot write {str(where)!r} "
+                                 f"({exc.strerror or exc})") from exc
+    for name, exc in failures.items():
+        error(failure_message(name, exc))
+    if not explanations:
+        return 2
     first = next(iter(explanations.values()))
     console = Console(soft_wrap=True)
-    console.print(f"[bold]answer:[/] {escape(repr(first.text))}")
+    console.print(f"[bold]answer:[/] {shown(repr(first.text))}")
     console.print(f"{len(first.tokens)} tokens x {len(explanations)} method(s) x "
-                  f"{len(images)} image(s) -> {args.out}/; open {pages[0]}")
-    return 0
+                  f"{len(images)} image(s) -> {shown(args.out)}/; open {shown(pages[0])}")
+    return PARTIAL if failures else 0
 
 
 def render_overlays(explanation: Explanation, images: list[Image.Image]) -> list[list[bytes]]:
@@ -128,9 +186,11 @@ def render_heatmaps(explanation: Explanation, images: list[Image.Image]) -> list
     return rendered
 
 
-def write_method(explanation: Explanation, overlays: list[list[bytes]], out: Path) -> None:
-    """One method's PNGs (one per token and image) and its raw maps as ``maps.npz``."""
-    folder = out / render.safe_filename(explanation.method)
+def write_method(explanation: Explanation, overlays: list[list[bytes]], out: Path,
+                 folder_name: str | None = None) -> None:
+    """One method's PNGs (one per token and image) and its raw maps as ``maps.npz``, in
+    ``out/<folder_name>`` (default: the method's :func:`render.safe_filename`)."""
+    folder = out / (folder_name or render.safe_filename(explanation.method))
     for index, pngs in enumerate(overlays):
         target = folder / f"image{index}" if len(overlays) > 1 else folder
         target.mkdir(parents=True, exist_ok=True)
@@ -152,9 +212,10 @@ def write_method(explanation: Explanation, overlays: list[list[bytes]], out: Pat
 
 
 def write_pages(explanations: dict[str, Explanation], heatmaps: dict[str, list[list[bytes]]],
-                images: list[Image.Image], out: Path, title: str) -> list[Path]:
+                images: list[Image.Image], out: Path, title: str,
+                image_names: list[str] | None = None) -> list[Path]:
     """One self-contained HTML page per image (``index.html`` for a single image); the
-    first path returned is the one to open."""
+    first path returned is the one to open. Every string is escaped (:mod:`mmxai.render`)."""
     first = next(iter(explanations.values()))
     subtitle = f"prompt: {first.trace.inputs.prompt!r} | answer: {first.text!r}"
     paths = []
@@ -166,16 +227,23 @@ def write_pages(explanations: dict[str, Explanation], heatmaps: dict[str, list[l
                         encoding="utf-8")
         paths.append(path)
     if len(images) > 1:
-        links = "".join(f'<li><a href="{p.name}">image {i}</a></li>' for i, p in enumerate(paths))
+        names = image_names or [""] * len(images)
+        links = "".join(
+            f'<li><a href="{render.html_text(p.name)}">image {i}</a>'
+            f"{': ' + render.html_text(name) if name else ''}</li>"
+            for i, (p, name) in enumerate(zip(paths, names, strict=True)))
         (out / "index.html").write_text(
-            f'<!DOCTYPE html><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<ul>{links}</ul>", encoding="utf-8")
+            f'<!DOCTYPE html><meta charset="utf-8"><title>{render.html_text(title)}</title>'
+            f"<h1>{render.html_text(title)}</h1><ul>{links}</ul>", encoding="utf-8")
         paths.insert(0, out / "index.html")
     return paths
 
 
-def write_run(explanations: dict[str, Explanation], args: argparse.Namespace) -> None:
-    """``run.json``: what was run and what the model answered."""
+def write_run(explanations: dict[str, Explanation], args: argparse.Namespace,
+              failures: dict[str, BaseException] | None = None,
+              folders: dict[str, str] | None = None) -> None:
+    """``run.json``: what was run, what the model answered, where each method's files are,
+    and each failed method's error and traceback."""
     first = next(iter(explanations.values()))
     record = {
         "model": args.model,
@@ -185,6 +253,11 @@ def write_run(explanations: dict[str, Explanation], args: argparse.Namespace) ->
         "answer": first.text,
         "tokens": first.words,
         "methods": {name: e.options for name, e in explanations.items()},
+        "folders": {name: (folders or {}).get(name, render.safe_filename(name))
+                    for name in explanations},
+        "failed": {name: {"error": failure_message(name, exc),
+                          "traceback": "".join(traceback.format_exception(exc))}
+                   for name, exc in (failures or {}).items()},
     }
     (args.out / "run.json").write_text(json.dumps(record, indent=2, default=str),
                                        encoding="utf-8")

@@ -25,19 +25,22 @@ def run(args: argparse.Namespace) -> int:
     table = Table(title="mmxai plugins", title_justify="left")
     for column in ("plugin", "distribution", "version", "licence", "registered", "status"):
         table.add_column(column, overflow="fold")
-    for p in plugins:
-        registered = "\n".join(f"{kind}: {', '.join(p.registered[kind])}"
+    for p in plugins:  # plugin metadata is text, never rich markup: escape every cell
+        registered = "\n".join(f"{kind}: {escape(', '.join(p.registered[kind]))}"
                                for kind in KINDS if p.registered.get(kind))
-        table.add_row(p.name, p.distribution, p.version, p.license or "[yellow]unknown[/]",
+        table.add_row(escape(str(p.name)), escape(str(p.distribution)), escape(str(p.version)),
+                      escape(str(p.license)) if p.license else "[yellow]unknown[/]",
                       registered or "[dim]nothing[/]",
                       "[bold red]broken[/]" if p.broken else "[green]ok[/]")
-    # Errors are long: one unwrapped line each below the table, easy to copy or grep.
+    # Errors are long: one unwrapped line each below the table, easy to copy or grep; a
+    # plugin whose import and hooks failed several times gets a line per failure.
     console = Console(soft_wrap=True)
     console.print(table)
     broken = [p for p in plugins if p.broken]
     for p in broken:
-        console.print(f"[bold red]broken[/] {escape(p.name)} ({escape(p.distribution)}): "
-                      f"{escape(p.error or '')}")
+        for message in p.errors:
+            console.print(f"[bold red]broken[/] {escape(p.name)} ({escape(p.distribution)}): "
+                          f"{escape(message)}", markup=True, highlight=False)
     console.print(f"{len(plugins)} plugins, {len(broken)} broken"
                   f"{' (the rest work normally)' if broken else ''}. "
                   f"Set {ENV_VAR}=a,b to load only some.")

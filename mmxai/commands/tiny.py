@@ -9,11 +9,13 @@ tokens. Families come from the registry: the core names none.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
-from mmxai.errors import MMXAIError, UnknownNameError
+from mmxai.errors import InputError, MMXAIError, UnknownNameError
 from mmxai.model import Model
 from mmxai.registry import manager
 
@@ -45,19 +47,51 @@ def find_family(family: str) -> type[Model]:
     raise UnknownNameError(f"no tiny model for family {family!r}; available: {available}")
 
 
+def _reason(exc: OSError, path: Path) -> str:
+    """``exc``'s cause, naming the path it is about when that is not ``path`` itself."""
+    cause = exc.strerror or type(exc).__name__
+    where = exc.filename
+    if where is not None and str(where) != str(path):
+        cause += f": {str(where)!r}"
+    return cause
+
+
+def writable_folder(folder: Path, what: str) -> Path:
+    """Create ``folder`` (and its parents) if needed and check a file can be written in it;
+    else :class:`InputError` naming ``what`` (the option or argument) and the cause.
+
+    Run before anything slow, so a bad output path fails in a second, not after the model
+    ran. (Run as root, a read-only permission does not stop writes: only a real failure
+    counts.)
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{what} {str(folder)!r}: cannot create the folder "
+                         f"({_reason(exc, folder)})") from exc
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".mmxai-write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {str(folder)!r}: cannot write into the folder "
+                         f"({_reason(exc, folder)})") from exc
+    return folder
+
+
 def save_tiny(family: str, folder: Path, seed: int = 0) -> Model:
     """Build the tiny model of ``family``; save weights, config, processor and
     :data:`DEMO_IMAGE` to ``folder``."""
     adapter = find_family(family)
+    writable_folder(folder, "folder")
     model = adapter.tiny(seed=seed)
     model.hf.generation_config.min_new_tokens = MIN_NEW_TOKENS
-    folder.mkdir(parents=True, exist_ok=True)
     try:
         model.hf.save_pretrained(folder)
         model.processor.save_pretrained(folder)
         save_demo_image(folder / DEMO_IMAGE)
     except OSError as exc:
-        raise MMXAIError(f"cannot write the tiny model to {str(folder)!r}: {exc}") from exc
+        raise MMXAIError(f"cannot write the tiny model to {str(folder)!r}: "
+                         f"{_reason(exc, folder)}") from exc
     return model
 
 
@@ -76,12 +110,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
 
+def shown(value: object) -> str:
+    """A path or name for the terminal: rich markup escaped, undecodable bytes as U+FFFD
+    (a non-UTF-8 file name must not crash the last print)."""
+    return escape("".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in str(value)))
+
+
 def run(args: argparse.Namespace) -> int:
+    find_family(args.family)  # checked before the folder is made
+    writable_folder(args.dir, "DIR")
     console = Console(soft_wrap=True)
-    with console.status(f"building the tiny {args.family} model"):
+    with console.status(f"building the tiny {shown(args.family)} model"):
         model = save_tiny(args.family, args.dir, seed=args.seed)
     n_params = sum(p.numel() for p in model.hf.parameters())
-    console.print(f"saved tiny [bold]{model.name}[/] ({type(model.hf).__name__}, "
-                  f"{n_params:,} random parameters) to {args.dir}")
-    console.print(f"try: mmxai explain {args.dir} {args.dir / DEMO_IMAGE}")
+    console.print(f"saved tiny [bold]{shown(model.name)}[/] ({type(model.hf).__name__}, "
+                  f"{n_params:,} random parameters) to {shown(args.dir)}")
+    console.print(f"try: mmxai explain {shown(args.dir)} {shown(args.dir / DEMO_IMAGE)}")
     return 0

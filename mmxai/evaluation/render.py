@@ -82,8 +82,8 @@ def _body(board: Leaderboard, bold: Callable[[str], str], mark: str,
                for m in board.metrics] for row in board.rows]
 
 
-def _caption(board: Leaderboard) -> str:
-    datasets = ", ".join(sorted({r.key.dataset for r in board.rows}))
+def _caption(board: Leaderboard, escape: Callable[[str], str] = str) -> str:
+    datasets = ", ".join(escape(d) for d in sorted({r.key.dataset for r in board.rows}))
     return (f"{datasets}: aggregate [95% bootstrap interval, {board.n_boot} resamples]; "
             f"best in bold; * significantly worse than the best "
             f"(paired permutation test, p < {ALPHA}).")
@@ -105,31 +105,44 @@ def print_table(board: Leaderboard, console: Console | None = None) -> None:
                            lambda s: f"[bold]{s}[/bold]", "*", "\n[dim]{}–{}[/dim]")
                 for m in metrics))
         console.print(table)
-    console.print(_caption(board))
+    console.print(escape(_caption(board)))
     if board.failures:
         console.print(f"{len(board.failures)} failed (sample, method, metric); "
                       "causes in leaderboard.json")
 
 
-def markdown(board: Leaderboard) -> str:
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|")
+#: Characters that would end a Markdown table cell (``|``) or turn a name into markup:
+#: emphasis, code, links, strikethrough, raw HTML, entities. CommonMark lets a backslash
+#: escape any ASCII punctuation, so each renders as itself.
+_MD_SPECIAL = frozenset("\\`*_[]<>|~&")
 
-    head = _head(board)
+
+def md_escape(text: str) -> str:
+    """Text for one Markdown table cell: specials backslash-escaped, line breaks as spaces
+    (a newline would end the row)."""
+    return "".join("\\" + ch if ch in _MD_SPECIAL else " " if ch in "\r\n" else ch
+                   for ch in str(text))
+
+
+def markdown(board: Leaderboard) -> str:
+    head = [md_escape(h) for h in _head(board)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(cells) + " |"
-              for cells in _body(board, lambda s: f"**{s}**", "\\*", esc)]
-    return "\n".join(lines) + f"\n\n{_caption(board)}\n"
+              for cells in _body(board, lambda s: f"**{s}**", "\\*", md_escape)]
+    return "\n".join(lines) + f"\n\n{_caption(board, md_escape)}\n"
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
         "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
         "^": r"\textasciicircum{}", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
-        "–": "--"}
+        "–": "--", "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}",
+        "\n": " ", "\r": " "}
 
 
 def tex_escape(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in text)
+    """Text for LaTeX: ``\\ & % $ # _ { } ~ ^`` (and ``| < >``, which OT1 fonts print as
+    other glyphs) as their text commands; line breaks as spaces."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
 
 
 def latex(board: Leaderboard) -> str:
