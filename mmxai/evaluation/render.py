@@ -186,7 +186,7 @@ def records(board: Leaderboard) -> list[dict[str, Any]]:
 def write_csv(board: Leaderboard, path: Path) -> None:
     rows = records(board)
     fields = list(rows[0]) if rows else ["dataset", "model", "method", "metric", "value"]
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -243,9 +243,10 @@ def write_all(board: Leaderboard, out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / name for name in FILES]
-    paths[0].write_text(markdown(board))
-    paths[1].write_text(latex(board))
+    paths[0].write_text(markdown(board), encoding="utf-8")
+    paths[1].write_text(latex(board), encoding="utf-8")
     write_csv(board, paths[2])
-    paths[3].write_text(json.dumps(to_json(board), indent=2, allow_nan=False) + "\n")
-    paths[4].write_text(bibtex(board))
+    paths[3].write_text(json.dumps(to_json(board), indent=2, allow_nan=False) + "\n",
+                        encoding="utf-8")
+    paths[4].write_text(bibtex(board), encoding="utf-8")
     return paths
