@@ -72,6 +72,9 @@ class Metric:
     #: True if the metric needs ground-truth masks (samples without one are not counted).
     needs_mask: ClassVar[bool] = False
     Options: ClassVar[type] = NoOptions
+    #: Bump when the same maps and options give other values (a fix, a new formula): a run
+    #: resuming into a store whose rows an older version made is refused.
+    version: ClassVar[str] = "1"
 
     def __init__(self, **options: Any) -> None:
         self.options = make_options("metric", self.name, self.Options, options)

@@ -512,3 +512,16 @@ def test_killing_the_parent_of_workers_kills_the_workers(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_metric_whose_version_changed_is_refused_on_resume(tmp_path, capsys, monkeypatch):
+    root = write_coco_fixture(tmp_path / "coco2014")["root"]
+    out = tmp_path / "out"
+    run = ["--model", TINY, "--dataset", "coco-caption", "--data-root", root, *CHEAP,
+           "--out", out]
+    assert compare(capsys, *run)[0] == 0
+    before = stored(out / "results.sqlite")
+    monkeypatch.setattr(manager().get("metrics", "seconds-per-token"), "version", "2")
+    line = refused(*compare(capsys, *run))
+    assert "metric seconds-per-token version (1 -> 2)" in line and "new --out" in line
+    assert stored(out / "results.sqlite") == before

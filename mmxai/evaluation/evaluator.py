@@ -431,6 +431,7 @@ class Evaluator:
         if model.device.type == "cuda":
             device += f" ({torch.cuda.get_device_name(model.device)})"
         metrics = {m.label: {"name": m.metric.name, "options": m.options,
+                             "version": m.metric.version,
                              "higher_is_better": m.metric.higher_is_better,
                              "category": m.metric.category} for m in self.metrics.values()}
         for method in self.methods:

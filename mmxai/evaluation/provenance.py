@@ -265,4 +265,12 @@ def mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
             changed.append(f"{field} ({', '.join(paths[:3])}{more})")
         elif _differences(stored.get(field), current.get(field)):
             changed.append(field)
+    # A metric whose code changed (its version) must not extend the rows of the old one. A
+    # record is stored once per run key, so metrics added by a later run are not in it.
+    stored_metrics, metrics = stored.get("metrics") or {}, current.get("metrics") or {}
+    for label in sorted(set(stored_metrics) & set(metrics)):
+        before = stored_metrics[label].get("version", "1")
+        after = metrics[label].get("version", "1")
+        if before != after:
+            changed.append(f"metric {label} version ({before} -> {after})")
     return changed
