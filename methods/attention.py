@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mmxai.citations import cite
 from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
@@ -22,24 +23,7 @@ from mmxai.trace import Needs, Trace
 
 Reduction = Literal["mean", "max"]
 
-ABNAR_2020 = """@inproceedings{abnar2020quantifying,
-  title = {Quantifying Attention Flow in Transformers},
-  author = {Abnar, Samira and Zuidema, Willem},
-  booktitle = {Proceedings of the 58th Annual Meeting of the Association for Computational
-               Linguistics (ACL)},
-  pages = {4190--4197},
-  year = {2020},
-  doi = {10.18653/v1/2020.acl-main.385}
-}"""
 
-VASWANI_2017 = """@inproceedings{vaswani2017attention,
-  title = {Attention Is All You Need},
-  author = {Vaswani, Ashish and Shazeer, Noam and Parmar, Niki and Uszkoreit, Jakob and
-            Jones, Llion and Gomez, Aidan N. and Kaiser, Lukasz and Polosukhin, Illia},
-  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
-  volume = {30},
-  year = {2017}
-}"""
 
 
 def reduce(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
@@ -113,7 +97,7 @@ class RawAttention(Method):
     summary = "Raw attention from the generating position to the image tokens"
     needs = Needs(attentions=True)
     Options = AttentionOptions
-    citation = VASWANI_2017
+    citation = cite("vaswani2017attention")
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -144,7 +128,7 @@ class AttentionRollout(Method):
     summary = "Attention rollout: attention with skip connections, multiplied through layers"
     needs = Needs(attentions=True)
     Options = RolloutOptions
-    citation = ABNAR_2020
+    citation = cite("abnar2020quantifying")
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

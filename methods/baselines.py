@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmxai.citations import cite
 from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
@@ -33,14 +34,7 @@ class RandomBaseline(Method):
     name = "random"
     summary = "Uniform random noise per token (a sanity floor)"
     Options = RandomOptions
-    citation = """@inproceedings{adebayo2018sanity,
-  title = {Sanity Checks for Saliency Maps},
-  author = {Adebayo, Julius and Gilmer, Justin and Muelly, Michael and Goodfellow, Ian and
-            Hardt, Moritz and Kim, Been},
-  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
-  volume = {31},
-  year = {2018}
-}"""
+    citation = cite("adebayo2018sanity")
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         n_image = len(trace.image_positions)
@@ -71,13 +65,7 @@ class CentreBaseline(Method):
     name = "centre"
     summary = "A Gaussian at the image centre, the same for every token (a sanity floor)"
     Options = CentreOptions
-    citation = """@inproceedings{judd2009learning,
-  title = {Learning to Predict Where Humans Look},
-  author = {Judd, Tilke and Ehinger, Krista and Durand, Fr{\\'e}do and Torralba, Antonio},
-  booktitle = {Proceedings of the IEEE International Conference on Computer Vision (ICCV)},
-  pages = {2106--2113},
-  year = {2009}
-}"""
+    citation = cite("judd2009learning")
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

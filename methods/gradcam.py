@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mmxai.citations import cite
 from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
@@ -82,14 +83,7 @@ class GradCAM(Method):
     summary = "Grad-CAM on a vision layer's tokens, one backward pass per generated token"
     needs = Needs(gradients=True)
     Options = GradCAMOptions
-    citation = """@inproceedings{selvaraju2017gradcam,
-  title = {Grad-{CAM}: Visual Explanations from Deep Networks via Gradient-Based Localization},
-  author = {Selvaraju, Ramprasaath R. and Cogswell, Michael and Das, Abhishek and
-            Vedantam, Ramakrishna and Parikh, Devi and Batra, Dhruv},
-  booktitle = {Proceedings of the IEEE International Conference on Computer Vision (ICCV)},
-  pages = {618--626},
-  year = {2017}
-}"""
+    citation = cite("selvaraju2017gradcam")
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         model = trace.model

@@ -13,32 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmxai.citations import cite
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 from mmxai.trace import Needs, Trace
-
-CITATION = """@misc{nostalgebraist2020logitlens,
-  title        = {interpreting {GPT}: the logit lens},
-  author       = {nostalgebraist},
-  year         = {2020},
-  howpublished = {LessWrong},
-  url          = {https://www.lesswrong.com/posts/AcKRB8wDpdaN6v6ru/interpreting-gpt-the-logit-lens}
-}
-@inproceedings{zhou2016cam,
-  title     = {Learning Deep Features for Discriminative Localization},
-  author    = {Zhou, Bolei and Khosla, Aditya and Lapedriza, Agata and Oliva, Aude
-               and Torralba, Antonio},
-  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year      = {2016}
-}
-@inproceedings{li2025tam,
-  title     = {Token Activation Map to Visually Explain Multimodal {LLMs}},
-  author    = {Li, Yi and Wang, Hualiang and Ding, Xinpeng and Wang, Haonan and Li, Xiaomeng},
-  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year      = {2025},
-  eprint    = {2506.23270},
-  archivePrefix = {arXiv}
-}"""
 
 
 @dataclass
@@ -49,7 +27,7 @@ class LogitLensOptions:
 class LogitLens(Method):
     name = "logit-lens"
     summary = "Logit lens / CAM: the token's logit at each image position, ReLU'd"
-    citation = CITATION
+    citation = cite("nostalgebraist2020logitlens", "zhou2016cam", "li2025tam")
     Options = LogitLensOptions
 
     def __init__(self, **options) -> None:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmxai.citations import cite
 from mmxai.errors import UnsupportedModelError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
@@ -288,32 +289,14 @@ class CPLRP(_LRP):
     name = "cp-lrp"
     rule = "cp-lrp"
     summary = "LRP with conservative propagation: softmax weights and norm scales held constant"
-    citation = """@inproceedings{ali2022xai,
-  title = {{XAI} for Transformers: Better Explanations through Conservative Propagation},
-  author = {Ali, Ameen and Schnake, Thomas and Eberle, Oliver and Montavon, Gr{\\'e}goire and
-            M{\\"u}ller, Klaus-Robert and Wolf, Lior},
-  booktitle = {Proceedings of the 39th International Conference on Machine Learning (ICML)},
-  series = {PMLR},
-  volume = {162},
-  pages = {435--451},
-  year = {2022}
-}"""
+    citation = cite("ali2022xai")
 
 
 class AttnLRP(_LRP):
     name = "attnlrp"
     rule = "attnlrp"
     summary = "AttnLRP: identity, uniform and softmax rules for attention-based LLMs"
-    citation = """@inproceedings{achtibat2024attnlrp,
-  title = {{AttnLRP}: Attention-Aware Layer-Wise Relevance Propagation for Transformers},
-  author = {Achtibat, Reduan and Hatefi, Sayed Mohammad Vakilzadeh and Dreyer, Maximilian and
-            Jain, Aakriti and Wiegand, Thomas and Lapuschkin, Sebastian and Samek, Wojciech},
-  booktitle = {Proceedings of the 41st International Conference on Machine Learning (ICML)},
-  series = {PMLR},
-  volume = {235},
-  pages = {135--168},
-  year = {2024}
-}"""
+    citation = cite("achtibat2024attnlrp")
 
 
 @hookimpl

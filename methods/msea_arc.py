@@ -22,21 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmxai.citations import cite
 from mmxai.hookspecs import hookimpl
 from mmxai.maps import per_grid, resample
 from mmxai.method import Method
+from mmxai.methods.rbo import rbo
 from mmxai.methods.tam import TAM, TAMOptions
-from mmxai.ops import lstsq_scale, rank_gaussian_filter
-from mmxai.ranking import rbo
+from mmxai.methods.tam_ops import lstsq_scale, rank_gaussian_filter
 from mmxai.trace import Needs, Trace, forced_trace
-
-CITATION = """@article{liang2025intramodal,
-  title   = {Explaining Multimodal {LLMs} via Intra-Modal Token Interactions},
-  author  = {Liang, Jiawei and Chen, Ruoyu and Jiao, Xianghao and Liang, Siyuan and
-             Liu, Shiming and Zhang, Qunli and Hu, Zheng and Cao, Xiaochun},
-  journal = {arXiv preprint arXiv:2509.22415},
-  year    = {2025}
-}"""
 
 Box = tuple[float, float, float, float]
 
@@ -238,7 +231,7 @@ class ARC(Method):
     name = "arc"
     summary = "Activation ranking correlation: remove maps of tokens that predict unlike this one"
     needs = Needs(topk=ARCOptions.k)
-    citation = CITATION
+    citation = cite("liang2025intramodal")
     Options = ARCOptions
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
@@ -249,7 +242,7 @@ class MSEA(Method):
     name = "msea"
     summary = "Logit lens fused over image scales (multi-scale explanation aggregation)"
     needs = Needs(extra_passes=True)
-    citation = CITATION
+    citation = cite("liang2025intramodal")
     Options = MSEAOptions
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
@@ -261,7 +254,7 @@ class MSEAARC(Method):
     name = "msea-arc"
     summary = "MSEA maps refined by ARC (the paper's full method)"
     needs = Needs(topk=ARCOptions.k, extra_passes=True)
-    citation = CITATION
+    citation = cite("liang2025intramodal")
     Options = MSEAARCOptions
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
@@ -277,7 +270,7 @@ class MSEATAM(TAM):
     name = "msea-tam"
     summary = "TAM on MSEA's multi-scale logit maps"
     needs = Needs(extra_passes=True)
-    citation = TAM.citation + "\n\n" + CITATION
+    citation = cite("li2025tam", "liang2025intramodal")
     Options = MSEATAMOptions
 
     def image_logits(self, trace: Trace, classes: list[int]) -> torch.Tensor:

@@ -16,20 +16,12 @@ import numpy as np
 import torch
 
 from mmxai import maps as mapsmod
-from mmxai import ops
+from mmxai.citations import cite
 from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
+from mmxai.methods import tam_ops as ops
 from mmxai.trace import Trace
-
-CITATION = """@inproceedings{li2025tam,
-  title     = {Token Activation Map to Visually Explain Multimodal {LLMs}},
-  author    = {Li, Yi and Wang, Hualiang and Ding, Xinpeng and Wang, Haonan and Li, Xiaomeng},
-  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year      = {2025},
-  eprint    = {2506.23270},
-  archivePrefix = {arXiv}
-}"""
 
 # (default, reference's choice) for the options left at None
 DEFAULTS = {"relevance": ("output", "reference"), "exclude": ("id", "string"),
@@ -51,7 +43,7 @@ class TAMOptions:
 class TAM(Method):
     name = "tam"
     summary = "Token Activation Map: logit maps minus context interference, rank-Gaussian filtered"
-    citation = CITATION
+    citation = cite("li2025tam")
     Options = TAMOptions
 
     def __init__(self, **options) -> None:

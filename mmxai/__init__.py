@@ -43,7 +43,7 @@ _EXPORTS = {
     "Sample": "mmxai.dataset",
     "manager": "mmxai.registry",
     "hookimpl": "mmxai.hookspecs",
-    "overlay": "mmxai.render",
+    "overlay": "mmxai.viewer",
     "MMXAIError": "mmxai.errors",
     "InputError": "mmxai.errors",
     "UnknownNameError": "mmxai.errors",

@@ -1,1 +1,2 @@
-"""Built-in model adapters (and metric plugins), installed as ``mmxai.plugins``."""
+"""Plugins shipped with mmxai, installed as ``mmxai.plugins``: model adapters in
+``models/``, metrics in ``metrics/``."""

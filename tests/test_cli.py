@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmxai import cli, render
+from mmxai import cli, viewer
 from mmxai.model import load_model
 
 METHODS = ["tam", "example-norm"]
@@ -49,10 +49,10 @@ def test_explain_on_a_saved_tiny_model_of_each_family(tiny_family, tiny_dir, tmp
     page = (out / "index.html").read_text()
     for name in METHODS:
         pngs = sorted((out / name).glob("*.png"))
-        assert [p.name for p in pngs] == [f"{i:03d}_{render.safe_filename(w)}.png"
+        assert [p.name for p in pngs] == [f"{i:03d}_{viewer.safe_filename(w)}.png"
                                           for i, w in enumerate(words)]
         with Image.open(pngs[0]) as picture:
-            assert picture.size == render.fit((256, 256))
+            assert picture.size == viewer.fit((256, 256))
         saved = np.load(out / name / "maps.npz")
         n_image = int(saved["grid_shapes"].prod(axis=1).sum())
         assert saved["maps"].shape == (N_TOKENS, n_image) and np.isfinite(saved["maps"]).all()
@@ -83,7 +83,7 @@ def test_explain_several_images_writes_a_page_per_image(tiny_families, tiny_dir,
         pngs = sorted((out / "example-norm" / f"image{k}").glob("*.png"))
         assert len(pngs) == N_TOKENS
         with Image.open(pngs[0]) as picture:
-            assert picture.size == render.fit(size)
+            assert picture.size == viewer.fit(size)
 
 
 def test_tiny_command_saves_a_loadable_model(tiny_families, tmp_path, capsys):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmxai.errors import MMXAIError
 from mmxai.maps import to_image
-from mmxai.plugins.faithfulness import (
+from mmxai.plugins.metrics.faithfulness import (
     Deletion,
     Insertion,
     answer_probabilities,

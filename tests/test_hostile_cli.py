@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmxai import api, cli, registry, render
+from mmxai import api, cli, registry, viewer
 from mmxai.commands import explain as explain_cmd
 from mmxai.commands import tiny as tiny_cmd
-from mmxai.evaluation.render import md_escape, tex_escape
+from mmxai.evaluation.tables import md_escape, tex_escape
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 
@@ -669,10 +669,10 @@ HOSTILE_TOKENS = ["</script><script>alert(1)</script>", "\"quoted' & <b>bold</b>
 def test_a_page_with_hostile_names_and_tokens_has_only_its_own_script():
     names = [HOSTILE_NAME, "m\"'<&>\u2028", "{first}"]
     image = Image.new("RGB", (30, 20), (200, 100, 50))
-    heat = render.heat_png(np.random.default_rng(0).random((4, 6)))
-    methods = [render.PageMethod(n, [heat] * len(HOSTILE_TOKENS)) for n in names]
+    heat = viewer.heat_png(np.random.default_rng(0).random((4, 6)))
+    methods = [viewer.PageMethod(n, [heat] * len(HOSTILE_TOKENS)) for n in names]
     title = "mmxai: </title><script>alert(2)</script>"
-    text = render.html_page(title, image, HOSTILE_TOKENS, methods,
+    text = viewer.html_page(title, image, HOSTILE_TOKENS, methods,
                             subtitle="prompt: '</p><script>alert(3)</script>'")
     text.encode("utf-8")  # writable: the lone surrogate became U+FFFD
     page = parse_page(text)
@@ -688,8 +688,8 @@ def test_a_page_with_hostile_names_and_tokens_has_only_its_own_script():
 def test_two_methods_with_one_name_are_refused_by_the_page():
     image = Image.new("RGB", (4, 4))
     with pytest.raises(ValueError, match="same name"):
-        render.html_page("t", image, ["a"], [render.PageMethod("m", [b"x"]),
-                                             render.PageMethod("m", [b"y"])])
+        viewer.html_page("t", image, ["a"], [viewer.PageMethod("m", [b"x"]),
+                                             viewer.PageMethod("m", [b"y"])])
 
 
 def test_hostile_file_names_in_the_index_page_and_the_terminal(model_dir, tmp_path, capsys):

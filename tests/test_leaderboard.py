@@ -11,9 +11,9 @@ import pytest
 
 from mmxai import cli
 from mmxai.evaluation.leaderboard import build, leaderboard
-from mmxai.evaluation.render import bib_entries, bibtex, latex, markdown, tex_escape, write_all
 from mmxai.evaluation.stats import Scorer, bootstrap_ci, paired_permutation_p
 from mmxai.evaluation.store import ResultStore, Row, RunKey
+from mmxai.evaluation.tables import bib_entries, bibtex, latex, markdown, tex_escape, write_all
 from mmxai.metric import Metric
 
 MEAN = Scorer(Metric().aggregate, "value")  # vectorised pooled mean
@@ -38,7 +38,7 @@ def test_vectorised_and_generic_bootstrap_agree():
 
 
 def test_vectorised_f1_iou_equals_its_aggregate_on_every_resample():
-    from mmxai.plugins.localisation import F1IoU
+    from mmxai.plugins.metrics.localisation import F1IoU
 
     f1 = F1IoU()
     fast = Scorer(f1.aggregate, pooled_means=F1IoU.pooled_means, from_means=f1.from_means)

@@ -8,7 +8,7 @@ import pytest
 
 from mmxai.metric import EvalItem
 from mmxai.model import ImageGrid
-from mmxai.plugins.localisation import (
+from mmxai.plugins.metrics.localisation import (
     F1IoU,
     FuncIoU,
     ObjIoU,

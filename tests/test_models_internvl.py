@@ -22,7 +22,7 @@ from helpers_models import (
 
 from mmxai.errors import InputError
 from mmxai.model import load_model
-from mmxai.plugins.internvl import InternVL
+from mmxai.plugins.models.internvl import InternVL
 
 #: Tiles of 56 pixels, at most 4 plus a thumbnail: 84x84 -> 2x2 (+1), 200x100 -> 2x1 (+1),
 #: 60x130 -> 1x2 (+1), 50x50 -> one tile.

@@ -22,8 +22,9 @@ from helpers_models import (
 
 from mmxai.errors import InputError
 from mmxai.model import load_model
-from mmxai.plugins.llava import Llava, crop_box
-from mmxai.plugins.llava_next import LlavaNext
+from mmxai.plugins.models.llava import Llava
+from mmxai.plugins.models.llava_next import LlavaNext
+from mmxai.plugins.models.shared import crop_box
 
 FAMILIES = [Llava, LlavaNext]
 SIZES = {"square": [(84, 84)], "wide": [(200, 100)], "two-images": [(150, 100), (60, 130)]}

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.model import load_model
-from mmxai.plugins.qwen2_vl import Qwen2_5_VL, Qwen2VL, window_index
+from mmxai.plugins.models.qwen2_vl import Qwen2_5_VL, Qwen2VL, window_index
 from mmxai.trace import Needs, forced_trace, generate_trace
 
 FAMILIES = [Qwen2VL, Qwen2_5_VL]

@@ -17,7 +17,7 @@ from mmxai.methods.msea_arc import (
     scale_image,
     to_original,
 )
-from mmxai.ops import lstsq_scale, rank_gaussian_filter
+from mmxai.methods.tam_ops import lstsq_scale, rank_gaussian_filter
 from mmxai.registry import manager
 from mmxai.trace import generate_trace
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers_tam import load_benchmark
 
-from mmxai import ops
+from mmxai.methods import tam_ops as ops
 
 bench = load_benchmark()
 

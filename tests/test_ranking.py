@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmxai.ranking import prefix_overlaps, rbo, rbo_lists
+from mmxai.methods.rbo import prefix_overlaps, rbo, rbo_lists
 
 
 def test_identical_lists():

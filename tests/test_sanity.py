@@ -10,7 +10,7 @@ import torch
 from helpers_evaluator import FAMILY, item, one_torch_thread, traced  # noqa: F401
 
 from mmxai.errors import MMXAIError
-from mmxai.plugins.sanity import Randomisation, randomised_copy, spearman
+from mmxai.plugins.metrics.sanity import Randomisation, randomised_copy, spearman
 from mmxai.registry import manager
 from mmxai.trace import Needs
 

@@ -187,7 +187,7 @@ def test_output_is_finite_in_unit_range_even_with_nan_and_constant_logits():
 
 @pytest.fixture(scope="module")
 def qwen():
-    from mmxai.plugins.qwen2_vl import Qwen2VL
+    from mmxai.plugins.models.qwen2_vl import Qwen2VL
 
     return Qwen2VL.tiny(seed=0)
 

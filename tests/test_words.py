@@ -186,7 +186,7 @@ def test_label_words_keeps_token_indices():
 
 # -- real tokenizers ------------------------------------------------------------------------------
 def test_token_pieces_byte_level_bpe():
-    from mmxai.tiny import train_tokenizer
+    from mmxai.plugins.models.tiny import train_tokenizer
 
     tok = train_tokenizer(["<|im_end|>"], eos_token="<|im_end|>")
     ids = tok("A dog and two people near the table.")["input_ids"]

@@ -27,7 +27,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from mmxai import render
+from mmxai import viewer
 from mmxai.api import (
     Explanation,
     check_prompt,
@@ -70,12 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def method_folders(names: list[str]) -> dict[str, str]:
-    """Each method's output folder name: :func:`render.safe_filename`, with ``-2``, ``-3``
+    """Each method's output folder name: :func:`viewer.safe_filename`, with ``-2``, ``-3``
     ... when two names would give the same folder (``a<b`` and ``a>b``): nothing is
     overwritten."""
     folders: dict[str, str] = {}
     for name in names:
-        base = folder = render.safe_filename(name)
+        base = folder = viewer.safe_filename(name)
         n = 1
         while folder.lower() in {f.lower() for f in folders.values()}:  # case-blind file systems
             n += 1
@@ -159,14 +159,14 @@ def run(args: argparse.Namespace) -> int:
 def render_overlays(explanation: Explanation, images: list[Image.Image]) -> list[list[bytes]]:
     """PNG bytes of each explained token's map over each image: ``[image][token]``.
 
-    Sizes follow :func:`mmxai.render.fit`, so big photos shrink and tiny images grow.
+    Sizes follow :func:`mmxai.viewer.fit`, so big photos shrink and tiny images grow.
     """
     rendered = []
     for index, image in enumerate(images):
-        shown = image.resize(render.fit(image.size), Image.Resampling.BICUBIC)
+        shown = image.resize(viewer.fit(image.size), Image.Resampling.BICUBIC)
         size = (shown.height, shown.width)
         rendered.append([
-            render.png_bytes(render.overlay(shown, explanation.image_map(i, image=index,
+            viewer.png_bytes(viewer.overlay(shown, explanation.image_map(i, image=index,
                                                                          size=size)))
             for i in range(len(explanation.tokens))
         ])
@@ -178,9 +178,9 @@ def render_heatmaps(explanation: Explanation, images: list[Image.Image]) -> list
     ``[image][token]``, HEATMAP_SIDE pixels on the longer side (the browser smooths them)."""
     rendered = []
     for index, image in enumerate(images):
-        width, height = render.fit(image.size, HEATMAP_SIDE, HEATMAP_SIDE)
+        width, height = viewer.fit(image.size, HEATMAP_SIDE, HEATMAP_SIDE)
         rendered.append([
-            render.heat_png(explanation.image_map(i, image=index, size=(height, width)))
+            viewer.heat_png(explanation.image_map(i, image=index, size=(height, width)))
             for i in range(len(explanation.tokens))
         ])
     return rendered
@@ -189,13 +189,13 @@ def render_heatmaps(explanation: Explanation, images: list[Image.Image]) -> list
 def write_method(explanation: Explanation, overlays: list[list[bytes]], out: Path,
                  folder_name: str | None = None) -> None:
     """One method's PNGs (one per token and image) and its raw maps as ``maps.npz``, in
-    ``out/<folder_name>`` (default: the method's :func:`render.safe_filename`)."""
-    folder = out / (folder_name or render.safe_filename(explanation.method))
+    ``out/<folder_name>`` (default: the method's :func:`viewer.safe_filename`)."""
+    folder = out / (folder_name or viewer.safe_filename(explanation.method))
     for index, pngs in enumerate(overlays):
         target = folder / f"image{index}" if len(overlays) > 1 else folder
         target.mkdir(parents=True, exist_ok=True)
         for token, word, png in zip(explanation.tokens, explanation.words, pngs, strict=True):
-            (target / f"{token:03d}_{render.safe_filename(word)}.png").write_bytes(png)
+            (target / f"{token:03d}_{viewer.safe_filename(word)}.png").write_bytes(png)
     grids = explanation.trace.grids
     np.savez_compressed(
         folder / "maps.npz",
@@ -215,26 +215,26 @@ def write_pages(explanations: dict[str, Explanation], heatmaps: dict[str, list[l
                 images: list[Image.Image], out: Path, title: str,
                 image_names: list[str] | None = None) -> list[Path]:
     """One self-contained HTML page per image (``index.html`` for a single image); the
-    first path returned is the one to open. Every string is escaped (:mod:`mmxai.render`)."""
+    first path returned is the one to open. Every string is escaped (:mod:`mmxai.viewer`)."""
     first = next(iter(explanations.values()))
     subtitle = f"prompt: {first.trace.inputs.prompt!r} | answer: {first.text!r}"
     paths = []
     for index, image in enumerate(images):
-        methods = [render.PageMethod(name, pngs[index]) for name, pngs in heatmaps.items()]
+        methods = [viewer.PageMethod(name, pngs[index]) for name, pngs in heatmaps.items()]
         path = out / ("index.html" if len(images) == 1 else f"image{index}.html")
         heading = title if len(images) == 1 else f"{title} (image {index})"
-        path.write_text(render.html_page(heading, image, first.words, methods, subtitle),
+        path.write_text(viewer.html_page(heading, image, first.words, methods, subtitle),
                         encoding="utf-8")
         paths.append(path)
     if len(images) > 1:
         names = image_names or [""] * len(images)
         links = "".join(
-            f'<li><a href="{render.html_text(p.name)}">image {i}</a>'
-            f"{': ' + render.html_text(name) if name else ''}</li>"
+            f'<li><a href="{viewer.html_text(p.name)}">image {i}</a>'
+            f"{': ' + viewer.html_text(name) if name else ''}</li>"
             for i, (p, name) in enumerate(zip(paths, names, strict=True)))
         (out / "index.html").write_text(
-            f'<!DOCTYPE html><meta charset="utf-8"><title>{render.html_text(title)}</title>'
-            f"<h1>{render.html_text(title)}</h1><ul>{links}</ul>", encoding="utf-8")
+            f'<!DOCTYPE html><meta charset="utf-8"><title>{viewer.html_text(title)}</title>'
+            f"<h1>{viewer.html_text(title)}</h1><ul>{links}</ul>", encoding="utf-8")
         paths.insert(0, out / "index.html")
     return paths
 
@@ -253,7 +253,7 @@ def write_run(explanations: dict[str, Explanation], args: argparse.Namespace,
         "answer": first.text,
         "tokens": first.words,
         "methods": {name: e.options for name, e in explanations.items()},
-        "folders": {name: (folders or {}).get(name, render.safe_filename(name))
+        "folders": {name: (folders or {}).get(name, viewer.safe_filename(name))
                     for name in explanations},
         "failed": {name: {"error": failure_message(name, exc),
                           "traceback": "".join(traceback.format_exception(exc))}

@@ -4,13 +4,13 @@
   metric on every method's maps; failures recorded, never fatal;
 - :mod:`~mmxai.evaluation.store`: the append-only SQLite store (resume, shards);
 - :mod:`~mmxai.evaluation.leaderboard` and :mod:`~mmxai.evaluation.stats`: the table with
-  bootstrap intervals and paired tests; :mod:`~mmxai.evaluation.render` writes it out.
+  bootstrap intervals and paired tests; :mod:`~mmxai.evaluation.tables` writes it out.
 """
 
 from mmxai.evaluation.evaluator import Evaluator, NamedMetric, Shard, Summary
 from mmxai.evaluation.leaderboard import Leaderboard, build, leaderboard, load_rows
-from mmxai.evaluation.render import print_table, write_all
 from mmxai.evaluation.store import ResultStore, Row, RunKey
+from mmxai.evaluation.tables import print_table, write_all
 
 __all__ = [
     "Evaluator", "Leaderboard", "NamedMetric", "ResultStore", "Row", "RunKey", "Shard",

@@ -30,19 +30,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from mmxai.citations import cite
 from mmxai.errors import InputError, MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.maps import to_image
 from mmxai.metric import EvalItem, Metric, Parts
 from mmxai.model import Inputs, Model
 from mmxai.trace import Trace, forced_features, forced_trace
-
-CITATION = """@inproceedings{petsiuk2018rise,
-  title     = {{RISE}: Randomized Input Sampling for Explanation of Black-box Models},
-  author    = {Petsiuk, Vitali and Das, Abir and Saenko, Kate},
-  booktitle = {British Machine Vision Conference (BMVC)},
-  year      = {2018}
-}"""
 
 
 @dataclass
@@ -166,7 +160,7 @@ def _log_probs(model: Model, features: dict[str, Any], sequence: torch.Tensor,
 
 class _Perturbation(Metric):
     category: ClassVar[str] = "faithfulness"
-    citation: ClassVar[str] = CITATION
+    citation: ClassVar[str] = cite("petsiuk2018rise")
     Options: ClassVar[type] = PerturbationOptions
     deletion: ClassVar[bool] = True
     default_baseline: ClassVar[str] = "mean"

@@ -25,19 +25,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from mmxai.citations import cite
 from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.metric import EvalItem, Metric, Parts
 from mmxai.model import Model
 from mmxai.trace import forced_trace
-
-CITATION = """@inproceedings{adebayo2018sanity,
-  title     = {Sanity Checks for Saliency Maps},
-  author    = {Adebayo, Julius and Gilmer, Justin and Muelly, Michael and Goodfellow, Ian
-               and Hardt, Moritz and Kim, Been},
-  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
-  year      = {2018}
-}"""
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,7 +82,7 @@ class Randomisation(Metric):
     summary = "rank correlation of the maps before and after randomising the top layers"
     higher_is_better = False
     category = "sanity"
-    citation = CITATION
+    citation = cite("adebayo2018sanity")
     Options: ClassVar[type] = RandomisationOptions
 
     def __init__(self, **options: Any) -> None:

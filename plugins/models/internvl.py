@@ -22,8 +22,8 @@ from PIL import Image
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
-from mmxai.plugins.llava import size_value, stack_calls, token_positions
-from mmxai.tiny import random_model, train_tokenizer
+from mmxai.plugins.models.shared import size_value, stack_calls, token_positions
+from mmxai.plugins.models.tiny import random_model, train_tokenizer
 
 #: The InternVL3 -hf template: ChatML, ``<IMG_CONTEXT>\n`` per image (the processor expands it).
 CHAT_TEMPLATE = (

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from mmxai.datasets.tam_formats import TAM_BIBTEX
+from mmxai.citations import cite
 from mmxai.hookspecs import hookimpl
 from mmxai.maps import minmax, resize, to_image
 from mmxai.metric import EvalItem, Metric, Parts
@@ -206,7 +206,7 @@ class LocalisationMetric(Metric):
     category = "localisation"
     needs_mask = True
     higher_is_better = True
-    citation = TAM_BIBTEX
+    citation = cite("li2025tam")
     part: ClassVar[str] = ""
     Options = LocalisationOptions
 

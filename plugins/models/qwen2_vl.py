@@ -24,7 +24,7 @@ from PIL import Image
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
-from mmxai.tiny import CHATML_TEMPLATE, random_model, train_tokenizer
+from mmxai.plugins.models.tiny import CHATML_TEMPLATE, random_model, train_tokenizer
 
 VISION_TOKENS = (
     "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",

@@ -22,19 +22,21 @@ from PIL import Image
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs
-from mmxai.plugins.llava import (
+from mmxai.plugins.models.llava import (
     TINY_IMAGE_SIZE,
     TINY_PATCH_SIZE,
     TINY_TEXT,
     Llava,
+    tiny_clip_config,
+)
+from mmxai.plugins.models.shared import (
     crop_box,
     size_value,
     split_runs,
     stack_calls,
-    tiny_clip_config,
     token_positions,
 )
-from mmxai.tiny import random_model, train_tokenizer
+from mmxai.plugins.models.tiny import random_model, train_tokenizer
 
 #: llava-hf's LLaVA-NeXT (Mistral) template: ``[INST] <image>\n{prompt} [/INST]``.
 CHAT_TEMPLATE = (

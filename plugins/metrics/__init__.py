@@ -1,0 +1,1 @@
+"""Metric plugins: localisation, faithfulness, sanity and cost."""
