@@ -23,7 +23,7 @@ from mmxai.datasets.synthetic import SyntheticScenes
 from mmxai.datasets.train_testbed import patch_coverage
 from mmxai.metric import EvalItem
 from mmxai.model import load_model
-from mmxai.plugins.localisation import F1IoU, FuncIoU, ObjIoU, Precision, Recall
+from mmxai.plugins.metrics.localisation import F1IoU, FuncIoU, ObjIoU, Precision, Recall
 from mmxai.trace import Needs, generate_trace
 from mmxai.words import words_from_trace
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mmxai.citations import cite
 from mmxai.dataset import Dataset, Sample
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
@@ -35,45 +36,9 @@ COCO_PROMPT = "Write a one-sentence caption for this image:"
 GRANDF_PROMPT = "Write a description for this image using around two sentences:"
 OPENPSG_PROMPT = "Write a description for this image using around three sentences:"
 
-TAM_BIBTEX = """@inproceedings{li2025tam,
-  title     = {Token Activation Map to Visually Explain Multimodal {LLMs}},
-  author    = {Li, Yi and Wang, Hualiang and Ding, Xinpeng and Wang, Haonan and Li, Xiaomeng},
-  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year      = {2025},
-  note      = {arXiv:2506.23270}
-}"""
 
-COCO_BIBTEX = """@inproceedings{lin2014coco,
-  title     = {Microsoft {COCO}: Common Objects in Context},
-  author    = {Lin, Tsung-Yi and Maire, Michael and Belongie, Serge and Hays, James and
-               Perona, Pietro and Ramanan, Deva and Doll{\\'a}r, Piotr and Zitnick, C. Lawrence},
-  booktitle = {European Conference on Computer Vision (ECCV)},
-  year      = {2014}
-}
-@article{chen2015cococaptions,
-  title   = {Microsoft {COCO} Captions: Data Collection and Evaluation Server},
-  author  = {Chen, Xinlei and Fang, Hao and Lin, Tsung-Yi and Vedantam, Ramakrishna and
-             Gupta, Saurabh and Doll{\\'a}r, Piotr and Zitnick, C. Lawrence},
-  journal = {arXiv preprint arXiv:1504.00325},
-  year    = {2015}
-}"""
 
-GLAMM_BIBTEX = """@inproceedings{rasheed2024glamm,
-  title     = {{GLaMM}: Pixel Grounding Large Multimodal Model},
-  author    = {Rasheed, Hanoona and Maaz, Muhammad and Shaji, Sahal and Shaker, Abdelrahman and
-               Khan, Salman and Cholakkal, Hisham and Anwer, Rao M. and Xing, Eric and
-               Yang, Ming-Hsuan and Khan, Fahad S.},
-  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern
-               Recognition (CVPR)},
-  year      = {2024}
-}"""
 
-OPENPSG_BIBTEX = """@inproceedings{zhou2024openpsg,
-  title     = {{OpenPSG}: Open-set Panoptic Scene Graph Generation via Large Multimodal Models},
-  author    = {Zhou, Zijian and Zhu, Zheng and Caesar, Holger and Shi, Miaojing},
-  booktitle = {European Conference on Computer Vision (ECCV)},
-  year      = {2024}
-}"""
 
 
 def file_fingerprint(files: Iterable[Path], listed: Iterable[Path], root: Path) -> str:
@@ -234,7 +199,7 @@ class CocoCaption(FileDataset):
     name = "coco-caption"
     summary = ("COCO Caption on the 2014 minival images, in TAM's layout: references from "
                "captions_val2014, masks as label maps of COCO category ids (80 classes).")
-    citation = f"{COCO_BIBTEX}\n{TAM_BIBTEX}"
+    citation = cite("lin2014coco", "chen2015cococaptions", "li2025tam")
     default_prompt = COCO_PROMPT
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
@@ -430,7 +395,7 @@ class GranDf(_AnnoJson):
     name = "grandf"
     summary = ("GranDf (GLaMM's grounded captions), in TAM's layout: one description per "
                "image and a label map of the record's phrases.")
-    citation = f"{GLAMM_BIBTEX}\n{TAM_BIBTEX}"
+    citation = cite("rasheed2024glamm", "li2025tam")
     default_prompt = GRANDF_PROMPT
 
 
@@ -438,7 +403,7 @@ class OpenPSG(_AnnoJson):
     name = "openpsg"
     summary = ("OpenPSG validation images, in TAM's layout: one description per image and a "
                "label map of the record's panoptic categories.")
-    citation = f"{OPENPSG_BIBTEX}\n{GLAMM_BIBTEX}\n{TAM_BIBTEX}"
+    citation = cite("zhou2024openpsg", "rasheed2024glamm", "li2025tam")
     default_prompt = OPENPSG_PROMPT
 
 
