@@ -1,8 +1,9 @@
 """A seeded generator of small shape scenes whose captions follow from the pixels alone.
 
-A scene is a 64x64 RGB image: a textured, noisy, low-saturation background, one to three
-coloured shapes that the caption names, and sometimes one achromatic (white or black)
-*distractor* shape that it never names. Each object has an exact mask: the pixels painted
+A scene is a square RGB image (64x64 in the default :data:`GEOMETRY_8`, 128x128 in
+:data:`GEOMETRY_16`): a textured, noisy, low-saturation background, one to three coloured
+shapes that the caption names, and sometimes one achromatic (white or black) *distractor*
+shape that it never names. Each object has an exact mask: the pixels painted
 with its colour, nothing anti-aliased.
 
 The caption grammar is
@@ -11,13 +12,22 @@ The caption grammar is
     object  := "a " colour " " shape
 
 with the named objects listed left to right. A layout is resampled until it is
-unambiguous: no two objects' boxes touch (a gap of :data:`GAP` px), the named objects'
-horizontal extents are disjoint (each lies wholly left of the next, :data:`GAP` px apart),
-and the named objects have pairwise different colours and pairwise different shapes, so
-that every content word occurs at most once in a caption and maps to exactly one object.
+unambiguous: no two objects' boxes touch (a gap of the geometry's ``gap``, :data:`GAP` px
+in the shipped one), the named objects' horizontal extents are disjoint (each lies wholly
+left of the next, as far apart), and the named objects have pairwise different colours
+and pairwise different shapes, so that every content word occurs at most once in a
+caption and maps to exactly one object.
 
 Labels: named object k in caption order has label k (1-based), the distractor the next
-label, the background 0. Every scene is a pure function of ``(seed, index)``.
+label, the background 0. Every scene is a pure function of ``(seed, index)`` and its
+:class:`Geometry`.
+
+A geometry fixes the image size, the patch size of the vision tower that reads it (so the
+grid of LLM image tokens), the objects' half-extents and the gap between objects.
+:data:`GEOMETRY_8` (64 px, 8-px patches: an 8x8 token grid, objects touching 2-4 token
+columns) is the shipped benchmark's; :data:`GEOMETRY_16` (128 px, 8-px patches: a 16x16
+grid, objects touching 3-6 columns) doubles every length and widens the range of sizes,
+so that objects span several tokens as in real MLLMs.
 """
 
 from __future__ import annotations
@@ -51,6 +61,47 @@ RADIUS = (6, 9)  # half-extent of a shape in px, inclusive range
 GAP = 2  # px between any two objects' boxes, and between named objects' x-extents
 P_DISTRACTOR = 0.3
 MAX_TRIES = 100
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The pixel and token geometry of a scene stream.
+
+    ``size`` px square images read by a vision tower with ``patch``-px patches (a
+    ``grid`` x ``grid`` token grid); shapes of half-extent ``radius`` px (inclusive range);
+    ``gap`` px between objects; the background's stripe periods scaled by ``texture``
+    (its blotches and pixel noise scale with the image by construction).
+    """
+
+    name: str
+    size: int
+    patch: int
+    radius: tuple[int, int]
+    gap: int
+    texture: float = 1.0
+
+    @property
+    def grid(self) -> int:
+        return self.size // self.patch
+
+
+#: The shipped benchmark: 64 px, an 8x8 grid of 8-px patches, objects up to 13-19 px
+#: across, touching 2-4 columns of tokens (median 3).
+GEOMETRY_8 = Geometry("8", SIZE, 8, RADIUS, GAP)
+#: Real-model geometry: 128 px, a 16x16 grid of 8-px patches, objects up to 25-41 px
+#: across, touching 3-6 columns of tokens (median 5); gap and stripes scaled with the image.
+GEOMETRY_16 = Geometry("16", 128, 8, (12, 20), 4, 2.0)
+GEOMETRIES: dict[str, Geometry] = {g.name: g for g in (GEOMETRY_8, GEOMETRY_16)}
+
+
+def resolve_geometry(name: str | int | Geometry) -> Geometry:
+    """The geometry called ``name`` (``"8"`` or ``"16"``, the side of its token grid)."""
+    if isinstance(name, Geometry):
+        return name
+    try:
+        return GEOMETRIES[str(name)]
+    except KeyError:
+        raise ValueError(f"unknown geometry {name!r}; known: {', '.join(GEOMETRIES)}") from None
 
 
 @dataclass(frozen=True)
@@ -131,9 +182,10 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = SIZE) -> 
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+def background(rng: np.random.Generator, size: int = SIZE, texture: float = 1.0) -> np.ndarray:
     """A textured noisy background, (size, size, 3) float: a grey tint, smooth blotches,
-    faint stripes and pixel noise, saturation kept low so that no named colour appears."""
+    faint stripes (period times ``texture``) and pixel noise, saturation kept low so that
+    no named colour appears."""
     level = rng.uniform(95, 165)
     tint = rng.uniform(-12, 12, size=3)
     coarse = rng.normal(0, 1, size=(6, 6))
@@ -144,7 +196,7 @@ def background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     rows = coarse[i0] * (1 - t)[:, None] + coarse[i0 + 1] * t[:, None]
     blotches = rows[:, i0] * (1 - t)[None, :] + rows[:, i0 + 1] * t[None, :]
     angle = rng.uniform(0, np.pi)
-    period = rng.uniform(5, 12)
+    period = rng.uniform(5, 12) * texture  # x 1.0 is exact: GEOMETRY_8 is unchanged
     y, x = np.mgrid[0:size, 0:size]
     stripes = np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2 * np.pi / period)
     grey = level + 14 * blotches + rng.uniform(0, 8) * stripes
@@ -153,29 +205,30 @@ def background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
 
 
 def _place(rng: np.random.Generator, shape: str, r: int, cx: float,
-           taken: list[np.ndarray], size: int) -> np.ndarray | None:
+           taken: list[np.ndarray], size: int, gap: int = GAP) -> np.ndarray | None:
     """A mask for ``shape`` at column ``cx`` and a random row, or None if it would come
-    within GAP px of a box in ``taken``."""
+    within ``gap`` px of a box in ``taken``."""
     cy = rng.uniform(r + 1, size - r - 1)
     mask = shape_mask(shape, cx, cy, r, size)
     x0, y0, x1, y1 = _box(mask)
     for other in taken:
         ox0, oy0, ox1, oy1 = _box(other)
-        if x0 <= ox1 + GAP and ox0 <= x1 + GAP and y0 <= oy1 + GAP and oy0 <= y1 + GAP:
+        if x0 <= ox1 + gap and ox0 <= x1 + gap and y0 <= oy1 + gap and oy0 <= y1 + gap:
             return None
     return mask
 
 
-def _columns(rng: np.random.Generator, radii: np.ndarray, size: int) -> np.ndarray | None:
+def _columns(rng: np.random.Generator, radii: np.ndarray, size: int,
+             gap: int = GAP) -> np.ndarray | None:
     """Centre columns of shapes with half-extents ``radii``, left to right, whose
-    horizontal extents are GAP px apart (the slack shared out at random); None if they
+    horizontal extents are ``gap`` px apart (the slack shared out at random); None if they
     cannot fit."""
     widths = 2 * radii + 1
-    slack = size - 2 - widths.sum() - (len(radii) - 1) * (GAP + 1)
+    slack = size - 2 - widths.sum() - (len(radii) - 1) * (gap + 1)
     if slack < 0:
         return None
     shifts = np.sort(rng.uniform(0, slack, size=len(radii)))
-    lefts = 1 + np.concatenate([[0], np.cumsum(widths + GAP + 1)[:-1]]) + shifts
+    lefts = 1 + np.concatenate([[0], np.cumsum(widths + gap + 1)[:-1]]) + shifts
     return lefts + radii
 
 
@@ -184,43 +237,48 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
-def generate_scene(seed: int, index: int, size: int = SIZE) -> Scene:
-    """Scene ``index`` of the stream seeded by ``seed``; a pure function of both."""
+def generate_scene(seed: int, index: int,
+                   geometry: Geometry | str | int = GEOMETRY_8) -> Scene:
+    """Scene ``index`` of the stream seeded by ``seed`` in ``geometry`` (default the
+    shipped 64-px one); a pure function of the three."""
+    geometry = resolve_geometry(geometry)
     rng = np.random.default_rng([seed, index])
     for _ in range(MAX_TRIES):
-        scene = _attempt(rng, seed, index, size)
+        scene = _attempt(rng, seed, index, geometry)
         if scene is not None:
             return scene
     raise RuntimeError(f"no unambiguous layout for scene ({seed}, {index})")
 
 
-def _attempt(rng: np.random.Generator, seed: int, index: int, size: int) -> Scene | None:
+def _attempt(rng: np.random.Generator, seed: int, index: int,
+             geometry: Geometry) -> Scene | None:
+    size, gap, (r_min, r_max) = geometry.size, geometry.gap, geometry.radius
     n_named = int(rng.integers(1, 4))
     colours = [str(c) for c in rng.choice(list(COLOURS), size=n_named, replace=False)]
     shapes = [str(s) for s in rng.choice(SHAPES, size=n_named, replace=False)]
-    radii = rng.integers(RADIUS[0], RADIUS[1] + 1, size=n_named)
-    columns = _columns(rng, radii, size)
+    radii = rng.integers(r_min, r_max + 1, size=n_named)
+    columns = _columns(rng, radii, size, gap)
     if columns is None:
         return None
     masks: list[np.ndarray] = []
     for shape, r, cx in zip(shapes, radii, columns, strict=True):
-        mask = _place(rng, shape, int(r), float(cx), masks, size)
+        mask = _place(rng, shape, int(r), float(cx), masks, size, gap)
         if mask is None:
             return None
         masks.append(mask)
     boxes = [_box(m) for m in masks]
-    if any(a[2] + GAP >= b[0] for a, b in zip(boxes, boxes[1:], strict=False)):
+    if any(a[2] + gap >= b[0] for a, b in zip(boxes, boxes[1:], strict=False)):
         return None  # too close horizontally for "left of"
     painted = [(c, s, m, True) for c, s, m in zip(colours, shapes, masks, strict=True)]
     if rng.random() < P_DISTRACTOR:
         shape = str(rng.choice(SHAPES))
         colour = str(rng.choice(list(DISTRACTOR_COLOURS)))
-        r = int(rng.integers(RADIUS[0], RADIUS[1] + 1))
-        mask = _place(rng, shape, r, rng.uniform(r + 1, size - r - 1), masks, size)
+        r = int(rng.integers(r_min, r_max + 1))
+        mask = _place(rng, shape, r, rng.uniform(r + 1, size - r - 1), masks, size, gap)
         if mask is None:
             return None
         painted.append((colour, shape, mask, False))
-    image = background(rng, size)
+    image = background(rng, size, geometry.texture)
     label_map = np.zeros((size, size), dtype=np.uint8)
     objects = []
     for label, (colour, shape, mask, named) in enumerate(painted, start=1):

@@ -15,6 +15,13 @@ the synthetic scenes, the way real MLLMs are trained.
 No loss touches an attribution map or a mask: the only targets are caption words (and the
 text corpus). Run with ``nice -n 19 python -m mmxai.datasets.train_testbed --out DIR``;
 CPU, one thread, deterministic for a seed; :class:`Recipe` holds the steps and rates.
+``--geometry 16`` trains the 16x16-token model on 128-px scenes
+(:data:`mmxai.datasets.scenes.GEOMETRY_16`) with :data:`RECIPES` ``["16"]``.
+
+The run checkpoints (model, optimiser, step, every RNG state, stage, data-stream
+position) into ``--checkpoint DIR`` every few minutes and at each stage's end; running the
+same command again continues where it stopped, and gives the same weights, bit for bit on
+one device, as a run that never stopped.
 
 The measurements (:func:`caption_accuracy`, :func:`readout`) are also what the tests use.
 """
@@ -24,6 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
+import random
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -40,12 +51,16 @@ from mmxai.datasets.scenes import (
     DISTRACTOR_COLOURS,
     EVAL_SEED,
     EVAL_SIZE,
+    GEOMETRIES,
+    GEOMETRY_8,
     PROMPT,
     SHAPES,
     SIZE,
+    Geometry,
     Scene,
     caption_for,
     generate_scene,
+    resolve_geometry,
 )
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
@@ -53,7 +68,7 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
 FILLER = ("the", "is", "and", "this", "there", "in", "on", "with", "it", "some")
 WORDS = (("user", "assistant", ":", "describe", "image", ".", "a", "left", "of")
          + FILLER + tuple(COLOURS) + tuple(DISTRACTOR_COLOURS) + SHAPES)
-PATCH = 8
+PATCH = GEOMETRY_8.patch  # the shipped 8x8 testbed's; GEOMETRY_16 has its own
 GRID = SIZE // PATCH
 MAX_NEW_TOKENS = 16
 #: The LLaVA-1.5 chat layout: ``USER: <image>\\n{prompt} ASSISTANT:``.
@@ -89,22 +104,33 @@ def build_tokenizer():
     )
 
 
-def build_processor():
+def build_processor(geometry: Geometry | str = GEOMETRY_8):
     """LlavaProcessor: a PIL CLIP image processor at the scene size and the tokenizer."""
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+    geometry = resolve_geometry(geometry)
+    size = geometry.size
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=build_tokenizer(), patch_size=PATCH,
+        image_processor=image_processor, tokenizer=build_tokenizer(), patch_size=geometry.patch,
         vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
         num_additional_image_tokens=1,
     )
 
 
-def build_model(tokenizer, seed: int) -> torch.nn.Module:
+def processor_geometry(processor) -> Geometry:
+    """The scene geometry a processor was built for (by its crop size and patch size)."""
+    size, patch = processor.image_processor.crop_size["height"], processor.patch_size
+    for geometry in GEOMETRIES.values():
+        if (geometry.size, geometry.patch) == (size, patch):
+            return geometry
+    raise ValueError(f"no scene geometry of {size} px with {patch}-px patches")
+
+
+def build_model(tokenizer, seed: int, geometry: Geometry | str = GEOMETRY_8) -> torch.nn.Module:
     """``LlavaForConditionalGeneration`` with random weights: CLIP 3x128, Llama 4x128, tied."""
     from transformers import (
         CLIPVisionConfig,
@@ -113,17 +139,22 @@ def build_model(tokenizer, seed: int) -> torch.nn.Module:
         LlavaForConditionalGeneration,
     )
 
+    geometry = resolve_geometry(geometry)
+    grid = geometry.grid
     vision = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-                              num_attention_heads=4, image_size=SIZE, patch_size=PATCH)
+                              num_attention_heads=4, image_size=geometry.size,
+                              patch_size=geometry.patch)
+    # Room for the image tokens, the chat layout and the longest caption (16 tokens).
+    positions = max(256, 2 * grid * grid)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                       max_position_embeddings=256, tie_word_embeddings=True,
+                       max_position_embeddings=positions, tie_word_embeddings=True,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text,
                          image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                          vision_feature_layer=-1, vision_feature_select_strategy="default",
-                         image_seq_length=GRID * GRID, tie_word_embeddings=True)
+                         image_seq_length=grid * grid, tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -139,19 +170,23 @@ class Batcher:
     def __init__(self, processor) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.geometry = processor_geometry(processor)
         ip = processor.image_processor
         self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
-        self.prompt_ids = self.prompt_features([generate_scene(EVAL_SEED, 0)])["input_ids"][0]
+        blank = Image.new("RGB", (self.geometry.size, self.geometry.size))
+        self.prompt_ids = self.image_features([blank])["input_ids"][0]
 
     def prompt_features(self, scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
         """The processor's features for the chat prompt of each scene, (B, L) ids."""
+        return self.image_features([Image.fromarray(s.image) for s in scenes])
+
+    def image_features(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         messages = [{"role": "user", "content": [{"type": "image"},
                                                  {"type": "text", "text": PROMPT}]}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True,
                                                   tokenize=False)
-        images = [Image.fromarray(s.image) for s in scenes]
-        return dict(self.processor(images=images, text=[text] * len(scenes),
+        return dict(self.processor(images=list(images), text=[text] * len(images),
                                    return_tensors="pt"))
 
     def pixels(self, scenes: Sequence[Scene]) -> torch.Tensor:
@@ -232,35 +267,6 @@ def schedule(step: int, steps: int, lr: float, warmup: int = 50) -> float:
     return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-def train_stage(model: torch.nn.Module, groups: Sequence[tuple[list[torch.nn.Parameter], float]],
-                batches: Iterator[dict[str, torch.Tensor]], steps: int, name: str,
-                log_every: int = 100) -> list[float]:
-    """AdamW over parameter ``groups`` of (parameters, peak lr) for ``steps`` batches;
-    returns the loss curve."""
-    optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for p, lr in groups],
-                                  weight_decay=0.01)
-    params = [p for group, _ in groups for p in group]
-    model.train()
-    losses = []
-    start = time.time()
-    for step in range(steps):
-        for group, (_, lr) in zip(optimizer.param_groups, groups, strict=True):
-            group["lr"] = schedule(step, steps, lr)
-        device = next(model.parameters()).device
-        loss = model(**{k: v.to(device) for k, v in next(batches).items()}).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if (step + 1) % log_every == 0:
-            recent = float(np.mean(losses[-log_every:]))
-            print(f"[{name}] step {step + 1}/{steps} loss {recent:.4f} "
-                  f"({time.time() - start:.0f}s)", flush=True)
-    model.eval()
-    return losses
-
-
 class Tagger(torch.nn.Module):
     """Stage 0: the vision tower predicts which caption words a scene has (multi-label).
 
@@ -284,19 +290,22 @@ class Tagger(torch.nn.Module):
 
 
 def tag_batches(batcher: Batcher, words: Sequence[str], seed: int,
-                batch_size: int) -> Iterator[dict]:
-    index = 0
+                batch_size: int, start: int = 0) -> Iterator[dict]:
+    """Stage-0 batches of stream ``seed`` from scene ``start`` on."""
+    index = start
     while True:
-        scenes = [generate_scene(seed, index + i) for i in range(batch_size)]
+        scenes = [generate_scene(seed, index + i, batcher.geometry) for i in range(batch_size)]
         index += batch_size
         labels = torch.tensor([[float(w in s.word_labels()) for w in words] for s in scenes])
         yield {"pixel_values": batcher.pixels(scenes), "labels": labels}
 
 
-def scene_batches(batcher: Batcher, seed: int, batch_size: int) -> Iterator[dict]:
-    index = 0
+def scene_batches(batcher: Batcher, seed: int, batch_size: int,
+                  start: int = 0) -> Iterator[dict]:
+    """Captioning batches of stream ``seed`` from scene ``start`` on."""
+    index = start
     while True:
-        scenes = [generate_scene(seed, index + i) for i in range(batch_size)]
+        scenes = [generate_scene(seed, index + i, batcher.geometry) for i in range(batch_size)]
         index += batch_size
         yield batcher.captioning(scenes)
 
@@ -335,9 +344,11 @@ def caption_accuracy(model: torch.nn.Module, processor, scenes: Sequence[Scene])
     return float(np.mean([p == s.caption for p, s in zip(predicted, scenes, strict=True)]))
 
 
-def patch_coverage(mask: np.ndarray) -> np.ndarray:
-    """(GRID*GRID,) fraction of each patch (row-major) covered by a boolean (H, W) mask."""
-    return mask.reshape(GRID, PATCH, GRID, PATCH).mean(axis=(1, 3)).reshape(-1)
+def patch_coverage(mask: np.ndarray, patch: int = PATCH) -> np.ndarray:
+    """(grid*grid,) fraction of each ``patch``-px patch (row-major) covered by a boolean
+    (H, W) mask, grid = H / patch."""
+    rows, cols = mask.shape[0] // patch, mask.shape[1] // patch
+    return mask.reshape(rows, patch, cols, patch).mean(axis=(1, 3)).reshape(-1)
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -352,7 +363,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 def readout(model: torch.nn.Module, processor, scenes: Sequence[Scene]) -> dict[str, float]:
     """How well ``lm_head`` reads the object words off the last layer at image positions.
 
-    For each scene and each content word of its caption, the word's logit at the GRID*GRID
+    For each scene and each content word of its caption, the word's logit at the grid*grid
     image positions (final-normed last-layer states through ``lm_head``) is scored against
     the patches the object touches: ``auroc`` (object patches vs all other patches, mean
     over words) and ``pointing`` (the arg-max patch touches the object; ``pointing_chance``
@@ -369,11 +380,11 @@ def readout(model: torch.nn.Module, processor, scenes: Sequence[Scene]) -> dict[
         hidden = model.model.language_model.norm(out.hidden_states[-1])
         for row, scene in enumerate(chunk):
             positions = (features["input_ids"][row] == image_id).nonzero()[:, 0].cpu()
-            states = hidden[row, positions]  # (GRID*GRID, d)
+            states = hidden[row, positions]  # (grid*grid, d)
             for word, label in scene.word_labels().items():
                 column = model.lm_head.weight[tokenizer.convert_tokens_to_ids(word)]
                 scores = (states @ column).float().cpu().numpy()
-                inside = patch_coverage(scene.mask == label) > 0
+                inside = patch_coverage(scene.mask == label, processor.patch_size) > 0
                 aurocs.append(auroc(scores, inside))
                 hits.append(bool(inside[int(scores.argmax())]))
                 chance.append(float(inside.mean()))
@@ -381,8 +392,9 @@ def readout(model: torch.nn.Module, processor, scenes: Sequence[Scene]) -> dict[
             "pointing_chance": float(np.mean(chance)), "n_words": len(aurocs)}
 
 
-def eval_scenes(n: int = EVAL_SIZE) -> list[Scene]:
-    return [generate_scene(EVAL_SEED, i) for i in range(n)]
+def eval_scenes(n: int = EVAL_SIZE, geometry: Geometry | str = GEOMETRY_8) -> list[Scene]:
+    """The first ``n`` scenes of the held-out stream in ``geometry``."""
+    return [generate_scene(EVAL_SEED, i, geometry) for i in range(n)]
 
 
 # -- the recipe ---------------------------------------------------------------------------
@@ -411,67 +423,319 @@ class Recipe:
         return replace(self, **{k: max(1, round(getattr(self, k) * factor)) for k in counts})
 
 
-def train(seed: int, recipe: Recipe = Recipe(),
-          device: str = "cpu") -> tuple[torch.nn.Module, object, dict]:
-    """Run the four stages on ``device``; returns the model (back on the CPU), the
-    processor and the run's record."""
-    streams = {"align": seed, "joint": seed + 10_000, "vision": seed + 20_000}
-    if EVAL_SEED in streams.values():
-        raise ValueError(f"seed {seed} would train on the evaluation split's stream")
-    processor = build_processor()
-    model = build_model(processor.tokenizer, seed).to(device)
-    batcher = Batcher(processor)
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[torch.nn.Parameter]] = {"language": [], "tower": [], "projector": []}
-    for name, param in model.named_parameters():  # the tied lm_head is the embedding
-        key = ("language" if name.startswith("model.language_model")
-               else "tower" if name.startswith("model.vision_tower") else "projector")
-        parts[key].append(param)
-    record: dict = {"seed": seed, "recipe": asdict(recipe)}
-    batch = recipe.batch_size
-    losses = {}
-    start = time.time()
+#: The recipe of each geometry (``--geometry``); the 8x8 one made the shipped testbed.
+RECIPES: dict[str, Recipe] = {"8": Recipe(), "16": Recipe()}
+#: Stage-0 targets: the colour and shape words a scene's caption contains.
+TAG_WORDS = tuple(COLOURS) + SHAPES
+CHECKPOINT = "latest.pt"
 
-    words = tuple(COLOURS) + SHAPES
-    tagger = Tagger(model, words).to(device)
-    losses["0 vision"] = train_stage(
-        tagger, [(list(tagger.parameters()), recipe.vision_lr)],
-        tag_batches(batcher, words, streams["vision"], 2 * batch), recipe.vision_steps,
-        "0 vision")
 
-    losses["1 text"] = train_stage(
-        model, [(parts["language"], recipe.text_lrs[0])],
-        text_batches(batcher, rng, batch, kinds=(0, 1)), recipe.copy_steps, "1 text")
-    losses["1 text"] += train_stage(
-        model, [(parts["language"], recipe.text_lrs[1])],
-        text_batches(batcher, rng, batch), recipe.text_steps, "1 text")
+def stage_plan(recipe: Recipe) -> list[tuple[str, int]]:
+    """(name, steps) of each stage in order; ``2 check`` is the held-out look after
+    alignment (no steps). Names up to the first space are the stages of ``final_losses``."""
+    return [("0 vision", recipe.vision_steps), ("1 copy", recipe.copy_steps),
+            ("1 text", recipe.text_steps), ("2 align", recipe.align_steps), ("2 check", 0),
+            ("3 joint", recipe.joint_steps)]
 
-    for param in parts["language"]:
-        param.requires_grad_(False)
-    losses["2 align"] = train_stage(
-        model, [(parts["projector"], recipe.align_lr),
-                (parts["tower"], recipe.align_lr * recipe.tower_scale[0])],
-        scene_batches(batcher, streams["align"], batch), recipe.align_steps, "2 align")
-    pause = time.time()  # a look at held-out captions, not counted as training time
-    record["after_align"] = {"exact_match": caption_accuracy(model, processor, eval_scenes(100))}
-    start += time.time() - pause
-    for param in parts["language"]:
-        param.requires_grad_(True)
-    groups = [(parts["language"] + parts["projector"], recipe.joint_lr)]
-    if recipe.tower_scale[1] > 0:
-        groups.append((parts["tower"], recipe.joint_lr * recipe.tower_scale[1]))
-    else:  # frozen: no gradients computed, as in LLaVA-1.5's second stage
-        for param in parts["tower"]:
-            param.requires_grad_(False)
 
-    losses["3 joint"] = train_stage(
-        model, groups,
-        scene_batches(batcher, streams["joint"], batch), recipe.joint_steps, "3 joint")
-    record["train_seconds"] = round(time.time() - start, 1)
-    record["device"] = str(device)
-    model.to("cpu")
-    record["final_losses"] = {k: round(float(np.mean(v[-50:])), 4) for k, v in losses.items()}
-    return model, processor, record
+def loss_key(stage: str) -> str:
+    return "1 text" if stage == "1 copy" else stage
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Trainer:
+    """Runs the recipe's stages with checkpoints; :meth:`run` continues a stopped run.
+
+    Everything a step depends on is in the checkpoint: model and stage-0 head weights, the
+    optimiser of the current stage, the stage and step, the RNG states (torch, CUDA,
+    numpy's global and the text corpus's generator, python's) and the scene streams'
+    positions. Resuming restores them, so the remaining steps compute what they would have
+    computed without the stop.
+    """
+
+    def __init__(self, seed: int, recipe: Recipe, geometry: Geometry | str = GEOMETRY_8,
+                 device: str = "cpu", checkpoint: Path | None = None,
+                 checkpoint_minutes: float = 5.0, stop_after: int | None = None,
+                 log_minutes: float = 2.0, check_size: int = 100,
+                 start_from: Path | None = None) -> None:
+        self.seed, self.recipe = seed, recipe
+        self.geometry = resolve_geometry(geometry)
+        self.device = torch.device(device)
+        self.streams = {"align": seed, "joint": seed + 10_000, "vision": seed + 20_000}
+        if EVAL_SEED in self.streams.values():
+            raise ValueError(f"seed {seed} would train on the evaluation split's stream")
+        self.checkpoint = checkpoint
+        self.checkpoint_seconds = 60 * checkpoint_minutes
+        self.stop_after = stop_after
+        self.log_seconds = 60 * log_minutes
+        self.check_size = check_size
+        self.processor = build_processor(self.geometry)
+        self.batcher = Batcher(self.processor)
+        # The order of the random draws is the original script's: model, then stage-0 head.
+        self.model = build_model(self.processor.tokenizer, seed, self.geometry).to(self.device)
+        self.tagger = Tagger(self.model, TAG_WORDS).to(self.device)
+        self.text_rng = np.random.default_rng(seed)
+        self.parts: dict[str, list[torch.nn.Parameter]] = {"language": [], "tower": [],
+                                                           "projector": []}
+        for name, param in self.model.named_parameters():  # the tied lm_head is the embedding
+            key = ("language" if name.startswith("model.language_model")
+                   else "tower" if name.startswith("model.vision_tower") else "projector")
+            self.parts[key].append(param)
+        self.plan = stage_plan(recipe)
+        self.stage, self.step = 0, 0
+        self.losses: dict[str, list[float]] = {}
+        self.record: dict = {"seed": seed, "geometry": asdict(self.geometry) | {
+            "grid": self.geometry.grid}, "recipe": asdict(recipe)}
+        self.seconds = 0.0  # time spent in training steps, over every session
+        self.sessions: list[dict] = []
+        self.optimizer_state: dict | None = None
+        if checkpoint is not None and (checkpoint / CHECKPOINT).is_file():
+            self.load(checkpoint / CHECKPOINT)
+        elif start_from is not None:
+            self.load(start_from, stage_end=True)
+        if not self.done:
+            self.sessions.append({"device": self.device_name(), "torch": torch.__version__,
+                                  "from": self.position(), "seconds": 0.0})
+
+    # -- state --------------------------------------------------------------------------
+    def config(self) -> dict:
+        """What a checkpoint must match to be continued by this run."""
+        return {"seed": self.seed, "recipe": asdict(self.recipe),
+                "geometry": asdict(self.geometry)}
+
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return str(self.device)
+
+    def position(self) -> str:
+        return f"{self.plan[self.stage][0]} step {self.step}" if not self.done else "done"
+
+    @property
+    def done(self) -> bool:
+        return self.stage >= len(self.plan)
+
+    def global_step(self) -> int:
+        return sum(steps for _, steps in self.plan[:self.stage]) + self.step
+
+    def stream_position(self) -> int | None:
+        """Index of the next scene the current stage's stream yields (None: text stages,
+        whose position is their generator's state)."""
+        if self.done:
+            return None
+        name = self.plan[self.stage][0]
+        per_step = {"0 vision": 2 * self.recipe.batch_size, "2 align": self.recipe.batch_size,
+                    "3 joint": self.recipe.batch_size}.get(name)
+        return None if per_step is None else self.step * per_step
+
+    def save(self, optimizer: torch.optim.Optimizer | None = None,
+             copy_as: str | None = None) -> None:
+        """Write the checkpoint atomically (a stop mid-write leaves the previous one)."""
+        if self.checkpoint is None:
+            return
+        self.checkpoint.mkdir(parents=True, exist_ok=True)
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+               "python": random.getstate(), "text": self.text_rng.bit_generator.state}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        state = {
+            "config": self.config(), "stage": self.stage, "step": self.step,
+            "stage_name": self.plan[self.stage][0] if not self.done else "done",
+            "stream_position": self.stream_position(),
+            "model": self.model.state_dict(), "head": self.tagger.head.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "rng": rng, "losses": self.losses, "record": self.record,
+            "seconds": self.seconds, "sessions": self.sessions,
+        }
+        path = self.checkpoint / CHECKPOINT
+        temporary = path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+        if copy_as is not None:  # what a stage left, to restart a later stage from
+            shutil.copyfile(path, self.checkpoint / copy_as)
+        self.last_save = time.monotonic()
+
+    def load(self, path: Path, stage_end: bool = False) -> None:
+        """Continue from the checkpoint ``path`` of this run; with ``stage_end``, start from
+        what a stage of another run of this seed and geometry left (an ``end-*.pt`` file),
+        whatever recipe made it, and run the remaining stages of this run's recipe."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        config = self.config()
+        if stage_end:
+            same = all(state["config"][k] == config[k] for k in ("seed", "geometry"))
+            if not same or state["optimizer"] is not None or state["step"]:
+                raise SystemExit(f"{path} is not what a stage of a run of seed {self.seed} "
+                                 f"in geometry {self.geometry.name} left at its end")
+        elif state["config"] != config:
+            raise SystemExit(f"{path} is a checkpoint of another run ({state['config']}), "
+                             f"not of this one ({config}): use another --checkpoint "
+                             "folder, or delete it to start again")
+        self.model.load_state_dict(state["model"])
+        self.tagger.head.load_state_dict(state["head"])
+        self.stage, self.step = state["stage"], state["step"]
+        self.optimizer_state = state["optimizer"]
+        self.losses, self.record = state["losses"], state["record"]
+        self.seconds, self.sessions = state["seconds"], state["sessions"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.text_rng.bit_generator.state = rng["text"]
+        if stage_end:  # the stages before this one followed the recipe recorded here
+            self.record["recipe"] = config["recipe"]
+            self.record["started_from"] = {"checkpoint": path.name, "stage": self.position(),
+                                           "recipe": state["config"]["recipe"]}
+        print(f"{'started' if stage_end else 'resumed'} from {path}: {self.position()} "
+              f"({duration(self.seconds)} trained so far)", flush=True)
+
+    # -- stages -------------------------------------------------------------------------
+    def setup(self, name: str) -> tuple[torch.nn.Module, list, Iterator[dict]]:
+        """The module, (parameters, peak lr) groups and batches (from the current step) of
+        stage ``name``; sets which parameters need gradients."""
+        recipe, batch, step = self.recipe, self.recipe.batch_size, self.step
+        frozen_tower = name == "3 joint" and not recipe.tower_scale[1]
+        for key, params in self.parts.items():
+            # Alignment freezes the decoder; joint training the tower, as LLaVA-1.5 does.
+            trained = not ((name == "2 align" and key == "language")
+                           or (frozen_tower and key == "tower"))
+            for param in params:
+                param.requires_grad_(trained)
+        if name == "0 vision":
+            return (self.tagger, [(list(self.tagger.parameters()), recipe.vision_lr)],
+                    tag_batches(self.batcher, TAG_WORDS, self.streams["vision"], 2 * batch,
+                                start=step * 2 * batch))
+        if name == "1 copy":  # the text stream is the generator's state: no offset
+            return (self.model, [(self.parts["language"], recipe.text_lrs[0])],
+                    text_batches(self.batcher, self.text_rng, batch, kinds=(0, 1)))
+        if name == "1 text":
+            return (self.model, [(self.parts["language"], recipe.text_lrs[1])],
+                    text_batches(self.batcher, self.text_rng, batch))
+        if name == "2 align":
+            return (self.model, [(self.parts["projector"], recipe.align_lr),
+                                 (self.parts["tower"], recipe.align_lr * recipe.tower_scale[0])],
+                    scene_batches(self.batcher, self.streams["align"], batch, start=step * batch))
+        if name == "3 joint":
+            groups = [(self.parts["language"] + self.parts["projector"], recipe.joint_lr)]
+            if not frozen_tower:
+                groups.append((self.parts["tower"], recipe.joint_lr * recipe.tower_scale[1]))
+            return (self.model, groups,
+                    scene_batches(self.batcher, self.streams["joint"], batch, start=step * batch))
+        raise ValueError(f"unknown stage {name!r}")
+
+    def step_cost(self, name: str) -> float:
+        """A rough relative cost of one step (token-layer passes), for the ETA."""
+        config = self.model.config
+        vision = (self.geometry.grid ** 2 + 1) * config.vision_config.num_hidden_layers
+        text = config.text_config.num_hidden_layers
+        batch = self.recipe.batch_size
+        prompt = len(self.batcher.prompt_ids) + 12
+        return {"0 vision": 2 * batch * vision * 3, "1 copy": batch * 30 * text * 3,
+                "1 text": batch * 45 * text * 3, "2 align": batch * (vision + prompt * text) * 3,
+                "2 check": 0.0, "3 joint": batch * (vision + prompt * text * 3)}[name]
+
+    def remaining_cost(self) -> float:
+        name, steps = self.plan[self.stage]
+        later = sum(self.step_cost(n) * s for n, s in self.plan[self.stage + 1:])
+        return self.step_cost(name) * (steps - self.step) + later
+
+    def train_stage(self, name: str, steps: int) -> bool:
+        """Train stage ``name`` from the current step; False when stopped early."""
+        module, groups, batches = self.setup(name)
+        optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for p, lr in groups],
+                                      weight_decay=0.01)
+        if self.optimizer_state is not None:
+            optimizer.load_state_dict(self.optimizer_state)
+            self.optimizer_state = None
+        params = [p for group, _ in groups for p in group]
+        losses = self.losses.setdefault(loss_key(name), [])
+        module.train()
+        last_log, logged, session_start = time.monotonic(), self.step, time.monotonic()
+        session_steps_start = self.step
+        while self.step < steps:
+            if self.stop_after is not None and self.global_step() >= self.stop_after:
+                self.save(optimizer)
+                module.eval()
+                return False
+            started = time.monotonic()
+            for group, (_, lr) in zip(optimizer.param_groups, groups, strict=True):
+                group["lr"] = schedule(self.step, steps, lr)
+            batch = {k: v.to(self.device) for k, v in next(batches).items()}
+            loss = module(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            self.step += 1
+            now = time.monotonic()
+            self.seconds += now - started
+            self.sessions[-1]["seconds"] = round(self.sessions[-1]["seconds"] + now - started, 1)
+            if self.step < steps and now - self.last_save >= self.checkpoint_seconds:
+                self.save(optimizer)
+            if self.step == steps or now - last_log >= self.log_seconds:
+                rate = (now - session_start) / (self.step - session_steps_start)
+                eta_stage = rate * (steps - self.step)
+                eta_run = rate / self.step_cost(name) * self.remaining_cost()
+                print(f"[{self.geometry.grid}x{self.geometry.grid} {name}] step "
+                      f"{self.step}/{steps} loss {np.mean(losses[-(self.step - logged):]):.4f}"
+                      f" | {rate:.2f} s/step | trained {duration(self.seconds)} | ETA stage "
+                      f"{duration(eta_stage)}, run ~{duration(eta_run)}", flush=True)
+                last_log, logged = now, self.step
+        module.eval()
+        return True
+
+    def run(self) -> bool:
+        """Run (or continue) every stage; True when the recipe is done, False when stopped
+        by ``stop_after``."""
+        self.last_save = time.monotonic()
+        while not self.done:
+            name, steps = self.plan[self.stage]
+            if name == "2 check":  # a look at held-out captions, not counted as training
+                scenes = eval_scenes(self.check_size, self.geometry)
+                self.record["after_align"] = {
+                    "exact_match": caption_accuracy(self.model, self.processor, scenes),
+                    "scenes": len(scenes)}
+                print(f"[{name}] held-out exact match after alignment: "
+                      f"{self.record['after_align']['exact_match']:.1%}", flush=True)
+            else:
+                print(f"[{self.geometry.grid}x{self.geometry.grid} {name}] "
+                      f"{'continuing at' if self.step else 'starting'} step {self.step} "
+                      f"of {steps}", flush=True)
+                if not self.train_stage(name, steps):
+                    print(f"stopped at global step {self.global_step()} ({self.position()}); "
+                          "the same command continues from the checkpoint", flush=True)
+                    return False
+            self.stage, self.step = self.stage + 1, 0
+            self.save(copy_as=f"end-{name.replace(' ', '-')}.pt" if steps else None)
+        return True
+
+    def result(self) -> tuple[torch.nn.Module, object, dict]:
+        """The trained model (on the CPU), the processor and the run's record."""
+        record = dict(self.record)
+        record["train_seconds"] = round(self.seconds, 1)
+        devices = list(dict.fromkeys(s["device"] for s in self.sessions))
+        record["device"] = ", ".join(devices)
+        record["sessions"] = self.sessions
+        record["final_losses"] = {k: round(float(np.mean(v[-50:])), 4)
+                                  for k, v in self.losses.items()}
+        return self.model.to("cpu"), self.processor, record
+
+
+def train(seed: int, recipe: Recipe = Recipe(), device: str = "cpu",
+          geometry: Geometry | str = GEOMETRY_8, checkpoint: Path | None = None,
+          **options) -> tuple[torch.nn.Module, object, dict] | None:
+    """Run (or continue, from ``checkpoint``) the four stages on ``device``; returns the
+    model (back on the CPU), the processor and the run's record, or None when stopped
+    early (``stop_after``; see :class:`Trainer` for the other options)."""
+    trainer = Trainer(seed, recipe, geometry, device, checkpoint, **options)
+    return trainer.result() if trainer.run() else None
 
 
 # -- the model card -----------------------------------------------------------------------
@@ -498,10 +762,23 @@ def model_card(record: dict) -> str:
     minutes = record["train_seconds"] / 60
     where = ("one CPU thread" if record.get("device", "cpu") == "cpu"
              else f"`{record['device']}`")
+    g = record.get("geometry", asdict(GEOMETRY_8) | {"grid": GEOMETRY_8.grid})
+    size, patch, grid = g["size"], g["patch"], g["grid"]
+    title = "mmxai testbed" if g["name"] == "8" else f"mmxai testbed ({grid}x{grid} token grid)"
+    flag = "" if g["name"] == "8" else f" --geometry {g['name']}"
+    sessions = record.get("sessions", [])
+    resumed = (f" It ran in {len(sessions)} sessions, each continuing from the previous "
+               "one's checkpoint (bit-identical to an uninterrupted run on one device)."
+               if len(sessions) > 1 else "")
+    if "started_from" in record:
+        start = record["started_from"]
+        resumed += (f" The stages before `{start['stage']}` come from another run's "
+                    f"`{start['checkpoint']}`, made with the recipe "
+                    f"`{json.dumps(start['recipe'])}`.")
     joint = ("decoder and projector, the vision tower frozen (as LLaVA-1.5 keeps its encoder "
              "frozen)" if not r["tower_scale"][1]
              else f"everything, the vision tower at {r['tower_scale'][1]:g}x")
-    return f"""# mmxai testbed: a tiny LLaVA that captions the synthetic scenes
+    return f"""# {title}: a tiny LLaVA that captions the synthetic scenes
 
 A real `LlavaForConditionalGeneration` (CLIP vision tower + Llama decoder), small enough to
 ship with mmxai ({record["parameters"]:,} parameters, {record["weights_bytes"] / 1e6:.1f} MB of
@@ -511,13 +788,15 @@ measures attribution methods on it against exact object masks (see `docs/benchma
 It is not a general-purpose model: it knows {len(WORDS)} words and one prompt.
 
 ## Architecture
-- Vision: CLIP, 64x64 input, 8-px patches (an 8x8 grid, CLS dropped as LLaVA-1.5 does),
-  3 layers, width 128, 4 heads; the last layer feeds a 2-layer GELU projector.
+- Vision: CLIP, {size}x{size} input, {patch}-px patches (a {grid}x{grid} grid, CLS dropped as
+  LLaVA-1.5 does), 3 layers, width 128, 4 heads; the last layer feeds a 2-layer GELU
+  projector. Scenes: objects of half-extent {g["radius"][0]}-{g["radius"][1]} px, at least
+  {g["gap"]} px apart.
 - Decoder: Llama, 4 layers, width 128, 4 heads, MLP 256, RoPE; input and output embeddings
   tied (`tie_word_embeddings=True`).
 - Tokenizer: word-level (`tokenizers` WordLevel in `PreTrainedTokenizerFast`), lower-cased,
   one word or punctuation mark per token; special tokens `<pad> <unk> <s> </s> <image>`.
-- Processor: `LlavaProcessor` with `CLIPImageProcessorPil` at 64 px; chat template
+- Processor: `LlavaProcessor` with `CLIPImageProcessorPil` at {size} px; chat template
   `USER: <image>\\n{{prompt}} ASSISTANT:`; the prompt is always `{PROMPT}`.
 
 ## Training (seed {record["seed"]}, {minutes:.1f} min on {where})
@@ -534,7 +813,7 @@ No loss touches a mask or an attribution map: the targets are caption words only
 2. Alignment ({r["align_steps"]} steps, batch {batch}, lr {r["align_lr"]:g}, the vision tower at
    {r["tower_scale"][0]:g}x): decoder frozen; projector and vision tower learn to caption scenes
    (LLaVA's stage 1). Held-out exact match after this stage:
-   {record["after_align"]["exact_match"]:.1%} (100 scenes).
+   {record["after_align"]["exact_match"]:.1%} ({record["after_align"].get("scenes", 100)} scenes).
 3. Joint fine-tuning ({r["joint_steps"]} steps, batch {batch}, lr {r["joint_lr"]:g}): {joint}, on
    captioning (LLaVA's stage 2).
 
@@ -543,10 +822,10 @@ stage; gradient clipping at 1. Training scenes come from generator streams
 {record["seed"]}, {record["seed"] + 10_000} and {record["seed"] + 20_000}, never the held-out
 stream {EVAL_SEED}. Final training losses (mean of the last 50 steps):
 {", ".join(f"{k} {v}" for k, v in record["final_losses"].items())}. Versions:
-{", ".join(f"{k} {v}" for k, v in record["versions"].items())}.
+{", ".join(f"{k} {v}" for k, v in record["versions"].items())}.{resumed}
 
-Reproduce (bit-identical on the same versions, one thread):
-`nice -n 19 python -m mmxai.datasets.train_testbed --out DIR --seed {record["seed"]}`.
+Reproduce (bit-identical on the same versions and device, one thread):
+`nice -n 19 python -m mmxai.datasets.train_testbed{flag} --out DIR --seed {record["seed"]}`.
 
 ## Evaluation ({record["eval_size"]} held-out scenes, the shipped split)
 | measure | value |
@@ -556,7 +835,7 @@ Reproduce (bit-identical on the same versions, one thread):
 | lm_head read-out pointing (arg-max patch on the object) | {readout_["pointing"]:.1%} |
 
 The read-out takes, for each scene and each colour or shape word of its caption, that
-word's logit at the 64 image positions (last-layer states, final norm, `lm_head`) and
+word's logit at the {grid * grid} image positions (last-layer states, final norm, `lm_head`) and
 scores it against the patches the object's mask touches ({readout_["n_words"]} words).
 Chance is 0.5 AUROC; a random patch lands on the object {readout_["pointing_chance"]:.1%} of
 the time.
@@ -589,25 +868,57 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=0.0)
     parser.add_argument("--machine", default="2 CPU cores")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--geometry", choices=sorted(GEOMETRIES, key=int), default="8",
+                        help="scene geometry by its token grid: 8 (64 px, the shipped "
+                             "testbed) or 16 (128 px); each has its recipe in RECIPES")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every stage's steps (e.g. 0.05 for a smoke run)")
     parser.add_argument("--eval-size", type=int, default=EVAL_SIZE)
     parser.add_argument("--device", default="cpu",
                         help="torch device for training, e.g. cuda (default cpu: the bundled "
                              "weights were trained there; another device gives other weights)")
+    parser.add_argument("--checkpoint", type=Path, metavar="DIR",
+                        help="checkpoint folder (default OUT/checkpoint); a run finding its "
+                             "own checkpoint there continues from it")
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0,
+                        help="write a checkpoint this often (and at every stage's end)")
+    parser.add_argument("--log-minutes", type=float, default=2.0,
+                        help="print progress at least this often (and at every stage's end)")
+    parser.add_argument("--start-from", type=Path, metavar="END_PT",
+                        help="when the checkpoint folder has no checkpoint yet: start from "
+                             "an end-of-stage checkpoint (end-*.pt) of another run of this "
+                             "seed and geometry, made with any recipe, and run the rest of "
+                             "this one (e.g. a longer stage 3 from end-2-align.pt)")
+    parser.add_argument("--stop-after", type=int, metavar="STEPS",
+                        help="stop (with a checkpoint) once this many steps of the whole "
+                             "recipe are done; the same command without it continues")
     args = parser.parse_args(argv)
     if args.scores:
         add_scores(args.out, args.scores, args.command, args.seconds, args.machine)
         return
     torch.set_num_threads(1)  # deterministic, and the machine is shared
-    model, processor, record = train(args.seed, Recipe().scaled(args.scale), args.device)
-    scenes = eval_scenes(args.eval_size)
+    if torch.device(args.device).type == "cuda":  # deterministic kernels, as far as they go
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    geometry = resolve_geometry(args.geometry)
+    recipe = RECIPES[geometry.name].scaled(args.scale)
+    checkpoint = args.checkpoint if args.checkpoint is not None else args.out / "checkpoint"
+    result = train(args.seed, recipe, args.device, geometry, checkpoint,
+                   checkpoint_minutes=args.checkpoint_minutes, log_minutes=args.log_minutes,
+                   stop_after=args.stop_after, check_size=min(100, args.eval_size),
+                   start_from=args.start_from)
+    if result is None:
+        return
+    model, processor, record = result
+    scenes = eval_scenes(args.eval_size, geometry)
     record["eval_size"] = len(scenes)
     record["exact_match"] = caption_accuracy(model, processor, scenes)
     record["readout"] = readout(model, processor, scenes)
     record["parameters"] = sum(p.numel() for p in model.parameters())
     record["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
                           "numpy": np.__version__}
+    record["machine"] = {"platform": platform.platform(), "torch_threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)

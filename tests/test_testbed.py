@@ -117,23 +117,80 @@ def test_default_compare_runs_every_method_and_metric_on_the_bundled_benchmark(t
         assert (out / name).stat().st_size > 0
 
 
-def test_training_script_writes_a_loadable_reproducible_model(tmp_path):
-    """A smoke run of the recipe (every stage, a few steps): same seed, same weights."""
+def test_training_script_writes_a_loadable_reproducible_model(tmp_path, monkeypatch):
+    """A smoke run of the recipe (every stage, a few steps), uninterrupted, and the same run
+    stopped twice (by a step limit, then by a simulated kill between checkpoints) and
+    continued by rerunning the command: bit-identical weights."""
     from mmxai.datasets import train_testbed
 
     torch.set_num_threads(1)
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        train_testbed.main(["--out", str(out), "--seed", "7", "--scale", "0.002",
-                            "--eval-size", "3"])
-        runs.append(out)
-    record = json.loads((runs[0] / "training.json").read_text())
+    args = ["--seed", "7", "--scale", "0.001", "--eval-size", "3"]  # 2+1+1+1+3 steps
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train_testbed.main(["--out", str(whole), *args])
+
+    train_testbed.main(["--out", str(resumed), *args, "--stop-after", "1"])  # mid stage 0
+    assert not (resumed / "model.safetensors").exists()
+    checkpoint = resumed / "checkpoint" / train_testbed.CHECKPOINT
+    state = torch.load(checkpoint, weights_only=False)
+    assert (state["stage_name"], state["step"], state["stream_position"]) == ("0 vision", 1, 64)
+    assert state["optimizer"]["state"]  # AdamW's moments travel with the weights
+
+    real_schedule = train_testbed.schedule
+
+    def killed_in_joint_training(step, steps, lr, warmup=50):
+        if (step, steps) == (1, 3):  # the 2nd of 3 joint steps; last checkpoint: stage start
+            raise KeyboardInterrupt
+        return real_schedule(step, steps, lr, warmup)
+
+    monkeypatch.setattr(train_testbed, "schedule", killed_in_joint_training)
+    with pytest.raises(KeyboardInterrupt):
+        train_testbed.main(["--out", str(resumed), *args])
+    state = torch.load(checkpoint, weights_only=False)
+    assert (state["stage_name"], state["step"]) == ("3 joint", 0)
+    monkeypatch.setattr(train_testbed, "schedule", real_schedule)
+    with pytest.raises(SystemExit, match="another run"):  # not someone else's checkpoint
+        train_testbed.main(["--out", str(resumed), "--seed", "8", "--scale", "0.001"])
+    train_testbed.main(["--out", str(resumed), *args])
+
+    record = json.loads((resumed / "training.json").read_text())
     assert record["seed"] == 7 and record["eval_size"] == 3 and record["device"] == "cpu"
+    assert record["versions"]["torch"] == torch.__version__
+    assert [s["from"] for s in record["sessions"]] == [
+        "0 vision step 0", "0 vision step 1", "3 joint step 0"]
     assert set(record["final_losses"]) == {"0 vision", "1 text", "2 align", "3 joint"}
     assert 0.0 <= record["exact_match"] <= 1.0 and 0.0 <= record["readout"]["auroc"] <= 1.0
-    first, second = ((run / "model.safetensors").read_bytes() for run in runs)
+    first, second = ((run / "model.safetensors").read_bytes() for run in (whole, resumed))
     assert first == second
-    card = (runs[0] / "README.md").read_text()
-    assert "seed 7" in card and "one CPU thread" in card
-    assert load_model(str(runs[0])).hf.config.tie_word_embeddings
+    assert record["final_losses"] == json.loads((whole / "training.json").read_text())[
+        "final_losses"]
+    card = (resumed / "README.md").read_text()
+    assert "seed 7" in card and "one CPU thread" in card and "3 sessions" in card
+    assert load_model(str(resumed)).hf.config.tie_word_embeddings
+
+    # A new run may start from what a stage of another left (e.g. to train stage 3 longer).
+    forked = tmp_path / "forked"
+    train_testbed.main(["--out", str(forked), *args, "--start-from",
+                        str(whole / "checkpoint" / "end-2-align.pt")])
+    assert (forked / "model.safetensors").read_bytes() == first
+    assert json.loads((forked / "training.json").read_text())["started_from"]["stage"] == (
+        "2 check step 0")
+
+
+def test_training_script_builds_the_16x16_geometry():
+    """``--geometry 16``: 128-px scenes, 8-px patches, 256 image tokens in a 16x16 grid."""
+    from mmxai.datasets import train_testbed
+    from mmxai.datasets.scenes import GEOMETRY_16
+
+    processor = train_testbed.build_processor("16")
+    batcher = train_testbed.Batcher(processor)
+    assert batcher.geometry is GEOMETRY_16 and GEOMETRY_16.grid == 16
+    model = train_testbed.build_model(processor.tokenizer, 0, "16")
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    scenes = train_testbed.eval_scenes(2, "16")
+    batch = batcher.captioning(scenes)
+    assert int((batch["input_ids"][0] == image_id).sum()) == 256
+    assert batch["pixel_values"].shape == (2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+    coverage = train_testbed.patch_coverage(scenes[0].mask == 1, GEOMETRY_16.patch)
+    assert coverage.shape == (256,) and 9 <= int((coverage > 0).sum()) <= 64
