@@ -20,10 +20,10 @@ import torch
 
 from mmxai.dataset import load_image, load_mask
 from mmxai.datasets.synthetic import SyntheticScenes
-from mmxai.datasets.train_testbed import patch_coverage
 from mmxai.metric import EvalItem
 from mmxai.model import load_model
 from mmxai.plugins.metrics.localisation import F1IoU, FuncIoU, ObjIoU, Precision, Recall
+from mmxai.testbed.train import patch_coverage
 from mmxai.trace import Needs, generate_trace
 from mmxai.words import words_from_trace
 

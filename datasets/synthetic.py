@@ -1,13 +1,13 @@
 """The bundled ground-truth benchmark: synthetic shape scenes with exact masks.
 
 The held-out split (``EVAL_SIZE`` scenes of the stream ``EVAL_SEED``, see
-:mod:`mmxai.datasets.scenes`) ships in ``datasets/data/synthetic``: ``images/NNNN.png``,
+:mod:`mmxai.testbed.scenes`) ships in ``testbed/data/synthetic``: ``images/NNNN.png``,
 ``masks/NNNN.png`` (label maps: 0 background, object k -> k) and ``scenes.jsonl`` (caption,
 objects, word labels). ``python -m mmxai.datasets.synthetic --out DIR`` writes it again;
 the tests check the shipped files against regeneration.
 
 It is the default benchmark of ``mmxai compare``, with the bundled testbed model
-(``plugins/weights/testbed``) trained on other scenes of the same generator.
+(``testbed/weights/testbed``) trained on other scenes of the same generator.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import numpy as np
 from PIL import Image
 
 from mmxai.dataset import Dataset, Sample
-from mmxai.datasets.scenes import EVAL_SEED, EVAL_SIZE, PROMPT, Scene, generate_scene
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
+from mmxai.testbed.scenes import EVAL_SEED, EVAL_SIZE, PROMPT, Scene, generate_scene
 
-DATA = Path(str(resources.files("mmxai.datasets") / "data" / "synthetic"))
-TESTBED = str(resources.files("mmxai.plugins") / "weights" / "testbed")
+DATA = Path(str(resources.files("mmxai.testbed") / "data" / "synthetic"))
+TESTBED = str(resources.files("mmxai.testbed") / "weights" / "testbed")
 INDEX = "scenes.jsonl"
 
 

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from mmxai.dataset import Sample
-from mmxai.datasets.scenes import (
+from mmxai.datasets.synthetic import DATA, SyntheticScenes, write_split
+from mmxai.registry import manager
+from mmxai.testbed.scenes import (
     COLOURS,
     DISTRACTOR_COLOURS,
     EVAL_SEED,
@@ -23,8 +25,6 @@ from mmxai.datasets.scenes import (
     Scene,
     generate_scene,
 )
-from mmxai.datasets.synthetic import DATA, SyntheticScenes, write_split
-from mmxai.registry import manager
 from mmxai.words import words_from_tokens
 
 STREAM = [generate_scene(11, i) for i in range(150)]
@@ -169,7 +169,7 @@ def test_dataset_is_the_registered_default_benchmark():
     assert cls is SyntheticScenes
     assert cls.default_benchmark is True
     # the bundled model's folder (its weights land with the trained testbed, issue 5)
-    assert Path(cls.default_model).parts[-3:] == ("plugins", "weights", "testbed")
+    assert Path(cls.default_model).parts[-3:] == ("testbed", "weights", "testbed")
 
 
 def test_write_split_round_trips_and_fingerprints(tmp_path: Path):

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmxai.datasets.scenes import PROMPT
 from mmxai.datasets.synthetic import SyntheticScenes
-from mmxai.datasets.train_testbed import (
+from mmxai.model import load_model
+from mmxai.testbed.scenes import PROMPT
+from mmxai.testbed.train import (
     GRID,
     SIZE,
     build_processor,
@@ -19,7 +20,6 @@ from mmxai.datasets.train_testbed import (
     eval_scenes,
     readout,
 )
-from mmxai.model import load_model
 from mmxai.trace import generate_trace
 
 TESTBED = Path(SyntheticScenes.default_model)
@@ -121,7 +121,7 @@ def test_training_script_writes_a_loadable_reproducible_model(tmp_path, monkeypa
     """A smoke run of the recipe (every stage, a few steps), uninterrupted, and the same run
     stopped twice (by a step limit, then by a simulated kill between checkpoints) and
     continued by rerunning the command: bit-identical weights."""
-    from mmxai.datasets import train_testbed
+    from mmxai.testbed import train as train_testbed
 
     torch.set_num_threads(1)
     args = ["--seed", "7", "--scale", "0.001", "--eval-size", "3"]  # 2+1+1+1+3 steps
@@ -178,8 +178,8 @@ def test_training_script_writes_a_loadable_reproducible_model(tmp_path, monkeypa
 
 def test_training_script_builds_the_16x16_geometry():
     """``--geometry 16``: 128-px scenes, 8-px patches, 256 image tokens in a 16x16 grid."""
-    from mmxai.datasets import train_testbed
-    from mmxai.datasets.scenes import GEOMETRY_16
+    from mmxai.testbed import train as train_testbed
+    from mmxai.testbed.scenes import GEOMETRY_16
 
     processor = train_testbed.build_processor("16")
     batcher = train_testbed.Batcher(processor)

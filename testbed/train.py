@@ -13,10 +13,10 @@ the synthetic scenes, the way real MLLMs are trained.
 3. **Joint fine-tuning** of everything on captioning.
 
 No loss touches an attribution map or a mask: the only targets are caption words (and the
-text corpus). Run with ``nice -n 19 python -m mmxai.datasets.train_testbed --out DIR``;
+text corpus). Run with ``nice -n 19 python -m mmxai.testbed.train --out DIR``;
 CPU, one thread, deterministic for a seed; :class:`Recipe` holds the steps and rates.
 ``--geometry 16`` trains the 16x16-token model on 128-px scenes
-(:data:`mmxai.datasets.scenes.GEOMETRY_16`) with :data:`RECIPES` ``["16"]``.
+(:data:`mmxai.testbed.scenes.GEOMETRY_16`) with :data:`RECIPES` ``["16"]``.
 
 The run checkpoints (model, optimiser, step, every RNG state, stage, data-stream
 position) into ``--checkpoint DIR`` every few minutes and at each stage's end; running the
@@ -46,7 +46,7 @@ import torch
 import transformers
 from PIL import Image
 
-from mmxai.datasets.scenes import (
+from mmxai.testbed.scenes import (
     COLOURS,
     DISTRACTOR_COLOURS,
     EVAL_SEED,
@@ -783,7 +783,7 @@ def model_card(record: dict) -> str:
 A real `LlavaForConditionalGeneration` (CLIP vision tower + Llama decoder), small enough to
 ship with mmxai ({record["parameters"]:,} parameters, {record["weights_bytes"] / 1e6:.1f} MB of
 float32 safetensors) and trained here, on CPU, to caption the scenes of
-`mmxai.datasets.scenes`. It is the default model of `mmxai compare`: the bundled benchmark
+`mmxai.testbed.scenes`. It is the default model of `mmxai compare`: the bundled benchmark
 measures attribution methods on it against exact object masks (see `docs/benchmark.md`).
 It is not a general-purpose model: it knows {len(WORDS)} words and one prompt.
 
@@ -825,7 +825,7 @@ stream {EVAL_SEED}. Final training losses (mean of the last 50 steps):
 {", ".join(f"{k} {v}" for k, v in record["versions"].items())}.{resumed}
 
 Reproduce (bit-identical on the same versions and device, one thread):
-`nice -n 19 python -m mmxai.datasets.train_testbed{flag} --out DIR --seed {record["seed"]}`.
+`nice -n 19 python -m mmxai.testbed.train{flag} --out DIR --seed {record["seed"]}`.
 
 ## Evaluation ({record["eval_size"]} held-out scenes, the shipped split)
 | measure | value |
