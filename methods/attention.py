@@ -24,8 +24,6 @@ from mmxai.trace import Needs, Trace
 Reduction = Literal["mean", "max"]
 
 
-
-
 def reduce(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
     """Mean or max over ``dim``."""
     return x.mean(dim=dim) if how == "mean" else x.amax(dim=dim)
@@ -78,9 +76,6 @@ def _image_columns(trace: Trace, rows: torch.Tensor) -> np.ndarray:
 
 
 def _generating_rows(trace: Trace, tokens: Sequence[int]) -> list[int]:
-    bad = [int(j) for j in tokens if not 0 <= int(j) < trace.n_generated]
-    if bad:
-        raise MMXAIError(f"token indices {bad} outside [0, {trace.n_generated})")
     return [trace.generating_position(int(j)) for j in tokens]
 
 
@@ -91,6 +86,10 @@ class AttentionOptions:
     head_reduce: Reduction = "mean"  # over heads
     layer_reduce: Reduction = "mean"  # over the chosen layers
 
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("layers must name at least one decoder layer")
+
 
 class RawAttention(Method):
     name = "attention"
@@ -98,11 +97,6 @@ class RawAttention(Method):
     needs = Needs(attentions=True)
     Options = AttentionOptions
     citation = cite("vaswani2017attention")
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        if not self.options.layers:
-            raise MMXAIError(f"{self.name}: layers must name at least one decoder layer")
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         attentions = trace_attentions(trace, self.name)
@@ -122,6 +116,10 @@ class RolloutOptions:
     head_reduce: Reduction = "mean"  # over heads
     start_layer: int = 0  # first decoder layer in the product
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.residual <= 1.0:
+            raise ValueError(f"residual must lie in [0, 1], got {self.residual}")
+
 
 class AttentionRollout(Method):
     name = "rollout"
@@ -129,12 +127,6 @@ class AttentionRollout(Method):
     needs = Needs(attentions=True)
     Options = RolloutOptions
     citation = cite("abnar2020quantifying")
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        if not 0.0 <= self.options.residual <= 1.0:
-            raise MMXAIError(f"{self.name}: residual must lie in [0, 1], "
-                             f"got {self.options.residual}")
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         attentions = trace_attentions(trace, self.name)[self.options.start_layer:]

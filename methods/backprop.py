@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from mmxai.errors import MMXAIError
 from mmxai.trace import Trace, forced_features
 
 
@@ -84,11 +83,9 @@ def token_logits(trace: Trace, tokens: Sequence[int]) -> torch.Tensor:
 
     One teacher-forced forward pass over the traced sequence, with autograd on for what
     depends on a leaf (:func:`leaf_outputs`, :func:`leaf_inputs`) and nothing else; only the
-    generating positions are projected onto the vocabulary.
+    generating positions are projected onto the vocabulary. ``tokens`` are valid indices
+    (``Method.__call__`` checked them).
     """
-    bad = [int(j) for j in tokens if not 0 <= int(j) < trace.n_generated]
-    if bad:
-        raise MMXAIError(f"token indices {bad} outside [0, {trace.n_generated})")
     features = forced_features(trace.inputs, trace.sequence[:-1])
     positions = torch.tensor([trace.generating_position(int(j)) for j in tokens],
                              dtype=torch.long)

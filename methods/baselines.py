@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmxai.citations import cite
-from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 from mmxai.model import ImageGrid
@@ -60,17 +59,16 @@ def centre_gaussian(grid: ImageGrid, sigma: float) -> np.ndarray:
 class CentreOptions:
     sigma: float = 0.25  # in fractions of the image's width and height
 
+    def __post_init__(self) -> None:
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be positive, got {self.sigma}")
+
 
 class CentreBaseline(Method):
     name = "centre"
     summary = "A Gaussian at the image centre, the same for every token (a sanity floor)"
     Options = CentreOptions
     citation = cite("judd2009learning")
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        if not self.options.sigma > 0:
-            raise MMXAIError(f"{self.name}: sigma must be positive, got {self.options.sigma}")
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         grids = trace.grids

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from mmxai.citations import cite
-from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
@@ -89,18 +88,12 @@ class GradCAM(Method):
         model = trace.model
         layers = model.vision_layers()
         index = model.default_vision_layer() if self.options.layer is None else self.options.layer
-        n_image = len(trace.image_positions)
-        if not len(tokens):
-            return np.zeros((0, n_image), dtype=np.float32)
         if self.options.engine == "captum":
             pairs = captum_gradients(trace, layers[index], tokens)
-        elif self.options.engine == "backward":
+        else:
             with leaf_outputs(layers[index]) as acts:
                 logits = token_logits(trace, tokens)
             pairs = ((grads, acts) for grads in per_token_gradients(logits, acts))
-        else:
-            raise MMXAIError(f"gradcam: engine must be 'backward' or 'captum', "
-                             f"got {self.options.engine!r}")
         maps = []
         for grads, acts in pairs:
             scores = [layer_gradcam(g, a.detach(), trace.inputs)

@@ -37,8 +37,6 @@ class LogitLens(Method):
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         classes = trace.generated_ids[list(tokens)].tolist()
-        if not classes:
-            return np.zeros((0, len(trace.image_positions)), dtype=np.float32)
         maps = trace.image_logits(classes, layer=self.options.layer).clamp_min(0)
         return maps.cpu().numpy().astype(np.float32)
 

@@ -275,9 +275,6 @@ class _LRP(Method):
     Options = LRPOptions
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
-        n_image = len(trace.image_positions)
-        if not len(tokens):
-            return np.zeros((0, n_image), dtype=np.float32)
         scores = relevance(trace, tokens, self.rule)
         maps = scores[:, torch.as_tensor(trace.image_positions, dtype=torch.long)]
         if self.options.positive_only:

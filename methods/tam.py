@@ -17,7 +17,6 @@ import torch
 
 from mmxai import maps as mapsmod
 from mmxai.citations import cite
-from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 from mmxai.methods import tam_ops as ops
@@ -55,10 +54,6 @@ class TAM(Method):
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         o = self.options
         tokens = np.asarray(tokens, dtype=np.int64)
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= trace.n_generated):
-            raise MMXAIError(f"tam: token indices must lie in [0, {trace.n_generated})")
-        if not tokens.size:
-            return np.zeros((0, len(trace.image_positions)), dtype=np.float32)
         # Items: the user-prompt tokens, then the generated tokens. Any earlier item can be
         # context (interference) for a later one.
         prompt = np.asarray(trace.inputs.prompt_positions, dtype=np.int64)

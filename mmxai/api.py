@@ -14,7 +14,7 @@ from PIL import Image
 from mmxai import maps as mapsmod
 from mmxai.errors import InputError, MMXAIError
 from mmxai.images import read_image
-from mmxai.method import Method
+from mmxai.method import InvalidMapsError, Method, token_indices
 from mmxai.model import Model, load_model
 from mmxai.registry import manager
 from mmxai.trace import Needs, Trace, generate_trace
@@ -64,29 +64,6 @@ def make_method(spec: str | Method, **options: Any) -> Method:
     if isinstance(spec, Method):
         return spec
     return manager().get("methods", spec)(**options)
-
-
-class InvalidMapsError(MMXAIError):
-    """A method returned maps of the wrong shape, or with NaN or infinite values."""
-
-
-def checked_maps(method: str, maps: Any, n_tokens: int, n_image: int) -> np.ndarray:
-    """``maps`` as float32 (n_tokens, n_image), all finite, or :class:`InvalidMapsError`
-    naming ``method`` and what is wrong."""
-    try:
-        array = np.asarray(maps, dtype=np.float32)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise InvalidMapsError(f"method {method!r} returned maps that are not an array of "
-                               f"numbers ({type(maps).__name__}: {exc})") from exc
-    if array.shape != (n_tokens, n_image):
-        raise InvalidMapsError(f"method {method!r} returned maps of shape "
-                               f"{tuple(array.shape)}, expected ({n_tokens}, {n_image}) "
-                               f"(explained tokens x image tokens)")
-    bad = int(np.size(array) - np.isfinite(array).sum())
-    if bad:
-        raise InvalidMapsError(f"method {method!r} returned {bad} NaN or infinite value(s) "
-                               f"(at float32) in its maps")
-    return array
 
 
 def failure_message(method: str, exc: BaseException) -> str:
@@ -176,23 +153,14 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
     except (ValueError, torch.OutOfMemoryError) as exc:
         raise InputError(f"{named}: generation failed on these inputs: "
                          f"{type(exc).__name__}: {exc}") from exc
-    if tokens is None:
-        selected = list(range(trace.n_generated))
-    else:
-        selected = [int(t) for t in tokens]
-        outside = [t for t in selected if not 0 <= t < trace.n_generated]
-        if outside:
-            raise InputError(f"tokens: {outside} out of range; the answer has "
-                             f"{trace.n_generated} generated token(s)")
-    n_image = sum(grid.size for grid in trace.grids)
+    selected = token_indices(tokens, trace.n_generated)  # before any method runs
     strings = trace.token_strings()
     results = {}
     for method in instances:
         if on_step is not None:
             on_step(method.name)
         try:
-            maps = checked_maps(method.name, method.explain(trace, selected), len(selected),
-                                n_image)
+            maps = method(trace, selected)  # the contract: shape, float32, finite
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # with `failures`, SystemExit & co. are failures too

@@ -161,6 +161,6 @@ def test_bad_rollout_options_are_refused(trace):
 
 def test_tokens_outside_the_answer_are_refused(trace):
     with pytest.raises(MMXAIError, match="outside"):
-        RawAttention().explain(trace, [trace.n_generated])
+        RawAttention()(trace, [trace.n_generated])  # the core's contract (Method.__call__)
     with pytest.raises(MMXAIError, match="outside"):
-        AttentionRollout().explain(trace, [-1])
+        AttentionRollout()(trace, [-1])

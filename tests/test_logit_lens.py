@@ -23,7 +23,7 @@ def test_maps_are_relu_of_the_tokens_logits_at_image_positions():
         np.testing.assert_allclose(row, expected, rtol=1e-5, atol=1e-6)
     assert maps.dtype == np.float32 and maps.shape == (2, 12)
     assert (maps == 0).any() and (maps > 0).any()  # the ReLU cut something, kept something
-    assert LogitLens().explain(trace, []).shape == (0, 12)
+    assert LogitLens()(trace, []).shape == (0, 12)  # the core's contract (Method.__call__)
 
 
 def test_layer_option_reads_that_layer_through_the_final_norm():

@@ -194,4 +194,4 @@ def test_unknown_blocks_are_refused():
 def test_tokens_outside_the_answer_are_refused(tiny_model):
     trace = forced(tiny_model("llava"))
     with pytest.raises(MMXAIError, match="outside"):
-        CPLRP().explain(trace, [trace.n_generated])
+        CPLRP()(trace, [trace.n_generated])  # the core's contract (Method.__call__)

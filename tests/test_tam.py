@@ -165,9 +165,9 @@ def test_selected_tokens_equal_rows_of_all_tokens():
     trace = random_trace(6, Layout((4, 5), n_prompt=3, n_generated=6))
     every = TAM().explain(trace, range(6))
     np.testing.assert_array_equal(TAM().explain(trace, [4, 0, 4]), every[[4, 0, 4]])
-    assert TAM().explain(trace, []).shape == (0, 20)
+    assert TAM()(trace, []).shape == (0, 20)  # the core's contract (Method.__call__)
     with pytest.raises(MMXAIError):
-        TAM().explain(trace, [6])
+        TAM()(trace, [6])
 
 
 def test_output_is_finite_in_unit_range_even_with_nan_and_constant_logits():

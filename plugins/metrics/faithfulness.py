@@ -46,6 +46,10 @@ class PerturbationOptions:
     max_tokens: int = 4  # explained tokens per sample
     batch: int = 32  # masked images per forward pass
 
+    def __post_init__(self) -> None:
+        if self.steps < 2:
+            raise ValueError(f"steps must be at least 2, got {self.steps}")
+
 
 def auc(curve: np.ndarray) -> float:
     """Area under a curve sampled at equal steps on [0, 1] (trapezoid rule)."""
@@ -164,12 +168,6 @@ class _Perturbation(Metric):
     Options: ClassVar[type] = PerturbationOptions
     deletion: ClassVar[bool] = True
     default_baseline: ClassVar[str] = "mean"
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        if self.options.steps < 2:
-            raise MMXAIError(f"metric {self.name!r}: steps must be at least 2")
-        baseline_image(Image.new("RGB", (1, 1)), self.baseline)  # validate the name early
 
     @property
     def baseline(self) -> str:

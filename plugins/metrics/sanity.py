@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from mmxai.citations import cite
-from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.metric import EvalItem, Metric, Parts
 from mmxai.model import Model
@@ -76,6 +75,10 @@ class RandomisationOptions:
     seed: int = 0
     max_tokens: int = 0  # 0: every generated token; else the first nouns' tokens (as deletion)
 
+    def __post_init__(self) -> None:
+        if not 0 < self.top <= 1:
+            raise ValueError(f"top must be in (0, 1], got {self.top}")
+
 
 class Randomisation(Metric):
     name = "randomisation"
@@ -87,8 +90,6 @@ class Randomisation(Metric):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        if not 0 < self.options.top <= 1:
-            raise MMXAIError(f"metric {self.name!r}: top must be in (0, 1]")
         self._cached: tuple[torch.nn.Module, Model] | None = None  # (original hf, copy)
 
     def randomised(self, model: Model) -> Model:
@@ -109,7 +110,7 @@ class Randomisation(Metric):
         again = trace.cache[key]
         tokens = (item.explained_tokens(self.options.max_tokens) if self.options.max_tokens
                   else list(range(trace.n_generated)))
-        after = np.asarray(item.method.explain(again, tokens), dtype=np.float32)
+        after = item.method(again, tokens)  # the method's contract, as for item.maps
         return {"value": [spearman(item.maps[j], b) for j, b in zip(tokens, after,
                                                                      strict=True)]}
 
