@@ -9,15 +9,15 @@ model's own config and the processor's outputs (never hard-coded token ids):
 - how to build the chat-templated inputs for images and a prompt.
 
 Adapters are keyed by HF architecture (``config.architectures[0]``) and registered through
-the ``register_models`` hook; :func:`load_model` dispatches on it.
+the ``register_models`` hook; :func:`load_model` dispatches on it. What only perturbation
+metrics need (swapped images, fused attention) is in :mod:`mmxai.perturb`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -73,7 +73,6 @@ class Inputs:
     prompt: str
     grids: list[ImageGrid]
     prompt_positions: np.ndarray  # positions of the user prompt's text tokens
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -97,7 +96,8 @@ class Model:
     #: Whether several samples may share one left-padded ``generate`` call (:meth:`collate`).
     supports_batching: ClassVar[bool] = True
     #: Whether the processor's tensors for n images have one row per image, so that
-    #: :meth:`swap_each` can process them in one call (not: patches or tiles flattened).
+    #: :func:`mmxai.perturb.swap_each` can process them in one call (not: patches or tiles
+    #: flattened).
     rows_per_image: ClassVar[bool] = True
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any, model_id: str | None = None,
@@ -133,7 +133,11 @@ class Model:
 
     @classmethod
     def tiny(cls, seed: int = 0) -> Model:
-        """A tiny random-weight model of this family, built offline (tests, demos)."""
+        """A tiny random-weight model of this family, built offline (tests, demos).
+
+        The built-in adapters delegate to their builder in ``mmxai.plugins.models.tiny``;
+        ``mmxai tiny`` lists every adapter that overrides this.
+        """
         raise NotImplementedError(f"{cls.__name__} has no tiny builder")
 
     # -- inputs --------------------------------------------------------------------------
@@ -164,72 +168,50 @@ class Model:
         return self.processor(images=list(images) or None, text=texts, return_tensors="pt",
                               **kwargs)
 
-    def build_inputs(self, images: Sequence[Image.Image], prompt: str) -> Inputs:
-        # Upright and faithfully 8-bit whatever the caller hands over (EXIF, 16-bit, alpha):
-        # images read by mmxai already are, and reading them again changes nothing.
-        images = [read_image(im, f"image {i}") for i, im in enumerate(images)]
-        text = self.chat_text(prompt, len(images))
-        features = self._to_model(self.preprocess(images, text))
-        grids = stack_grids(self.image_grids(features, images))
-        prompt_positions = self.locate_prompt(features["input_ids"][0], prompt, len(images))
-        return Inputs(features, images, prompt, grids, prompt_positions)
-
-    def _to_model(self, features: Any) -> dict[str, Any]:
-        """Processor outputs on the model's device, pixels in the model's dtype."""
+    def features(self, images: Sequence[Image.Image],
+                 text: str | Sequence[str]) -> dict[str, Any]:
+        """:meth:`preprocess`'s outputs on the model's device, pixels in the model's dtype."""
         features = {k: v.to(self.device) if torch.is_tensor(v) else v
-                    for k, v in dict(features).items()}
+                    for k, v in dict(self.preprocess(images, text)).items()}
         if "pixel_values" in features and features["pixel_values"].is_floating_point():
             features["pixel_values"] = features["pixel_values"].to(self.hf.dtype)
         return features
 
-    def swap_images(self, inputs: Inputs, images: Sequence[Image.Image]) -> Inputs:
-        """``inputs`` with other images of the same sizes (perturbed copies, say).
+    def build_inputs(self, images: Sequence[Image.Image], prompt: str) -> Inputs:
+        # Upright and faithfully 8-bit whatever the caller hands over (EXIF, 16-bit, alpha):
+        # images read by mmxai already are, and reading them again changes nothing.
+        images = [read_image(im, f"image {i}") for i, im in enumerate(images)]
+        features = self.features(images, self.chat_text(prompt, len(images)))
+        grids = stack_grids(self.image_grids(features, images))
+        prompt_positions = self.locate_prompt(features["input_ids"][0], prompt, len(images))
+        return Inputs(features, images, prompt, grids, prompt_positions)
 
-        Only the processor runs again: the token sequence, grids and prompt positions depend
-        on the image sizes alone, so they are reused (and the token ids checked).
+    def locate_prompt(self, input_ids: torch.Tensor, prompt: str, n_images: int) -> np.ndarray:
+        """Positions of the user prompt's tokens, found by diffing two templated chats.
+
+        The chat with the prompt and the chat with an empty prompt share a prefix and a
+        suffix; what lies between is the prompt. No family's marker ids are needed.
         """
-        images = [im.convert("RGB") for im in images]
-        if [im.size for im in images] != [im.size for im in inputs.images]:
-            raise InputError("swap_images needs images of the original sizes")
-        features = self._to_model(self.preprocess(images, self.chat_text(inputs.prompt,
-                                                                          len(images))))
-        if not torch.equal(features["input_ids"], inputs.features["input_ids"]):
-            raise InputError("the processor tokenised the swapped images differently")
-        return Inputs(features, images, inputs.prompt, inputs.grids, inputs.prompt_positions)
+        tok = self.tokenizer
+        with_prompt = tok(self.chat_text(prompt, n_images), add_special_tokens=False)["input_ids"]
+        without = tok(self.chat_text("", n_images), add_special_tokens=False)["input_ids"]
+        suffix = 0
+        while (suffix < min(len(with_prompt), len(without))
+               and with_prompt[-1 - suffix] == without[-1 - suffix]):
+            suffix += 1
+        prefix = 0
+        while (prefix < min(len(with_prompt), len(without)) - suffix
+               and with_prompt[prefix] == without[prefix]):
+            prefix += 1
+        n_prompt = len(with_prompt) - prefix - suffix
+        ids = input_ids.tolist()
+        end = len(ids) - suffix
+        start = end - n_prompt
+        if n_prompt <= 0 or start < 0 or ids[start:end] != with_prompt[prefix:prefix + n_prompt]:
+            return np.zeros(0, dtype=np.int64)
+        return np.arange(start, end, dtype=np.int64)
 
-    def swap_each(self, inputs: Inputs, images: Sequence[Image.Image]) -> list[Inputs]:
-        """One ``inputs`` per image, each with that image in place of the single image.
-
-        Equal to ``[swap_images(inputs, [im]) for im in images]``, but the processor runs
-        once over all of them (its per-call overhead is several times a tiny model's
-        forward pass). Families whose outputs do not split into one row per image
-        (``rows_per_image`` False: patches or tiles flattened) process each image alone.
-        """
-        if len(inputs.images) != 1:
-            raise InputError(f"swap_each needs inputs with one image, got {len(inputs.images)}")
-        images = [im.convert("RGB") for im in images]
-        if any(im.size != inputs.images[0].size for im in images):
-            raise InputError("swap_each needs images of the original size")
-        if not self.rows_per_image:
-            return [self.swap_images(inputs, [im]) for im in images]
-        if not images:
-            return []
-        text = self.chat_text(inputs.prompt, 1)
-        batch = self._to_model(self.preprocess(images, [text] * len(images)))
-        tensors = {k: v for k, v in batch.items() if torch.is_tensor(v)}
-        if any(v.dim() == 0 or v.shape[0] != len(images) for v in tensors.values()):
-            # an adapter that should say rows_per_image = False: correct, if not fast
-            return [self.swap_images(inputs, [im]) for im in images]
-        ids = inputs.features["input_ids"]
-        out = []
-        for row, image in enumerate(images):
-            features = {k: v[row:row + 1] if k in tensors else v for k, v in batch.items()}
-            if not torch.equal(features["input_ids"], ids):
-                raise InputError("the processor tokenised the swapped images differently")
-            out.append(Inputs(features, [image], inputs.prompt, inputs.grids,
-                              inputs.prompt_positions))
-        return out
-
+    # -- batching ----------------------------------------------------------------------
     def pad_token_id(self) -> int:
         """The id that left-pads a batch: the generation config's, the tokenizer's, or EOS."""
         for token_id in (self.hf.generation_config.pad_token_id, self.tokenizer.pad_token_id,
@@ -266,31 +248,6 @@ class Model:
             else:
                 batch[key] = torch.cat([f[key] for f in features])
         return batch
-
-    def locate_prompt(self, input_ids: torch.Tensor, prompt: str, n_images: int) -> np.ndarray:
-        """Positions of the user prompt's tokens, found by diffing two templated chats.
-
-        The chat with the prompt and the chat with an empty prompt share a prefix and a
-        suffix; what lies between is the prompt. No family's marker ids are needed.
-        """
-        tok = self.tokenizer
-        with_prompt = tok(self.chat_text(prompt, n_images), add_special_tokens=False)["input_ids"]
-        without = tok(self.chat_text("", n_images), add_special_tokens=False)["input_ids"]
-        suffix = 0
-        while (suffix < min(len(with_prompt), len(without))
-               and with_prompt[-1 - suffix] == without[-1 - suffix]):
-            suffix += 1
-        prefix = 0
-        while (prefix < min(len(with_prompt), len(without)) - suffix
-               and with_prompt[prefix] == without[prefix]):
-            prefix += 1
-        n_prompt = len(with_prompt) - prefix - suffix
-        ids = input_ids.tolist()
-        end = len(ids) - suffix
-        start = end - n_prompt
-        if n_prompt <= 0 or start < 0 or ids[start:end] != with_prompt[prefix:prefix + n_prompt]:
-            return np.zeros(0, dtype=np.int64)
-        return np.arange(start, end, dtype=np.int64)
 
     # -- family hooks --------------------------------------------------------------------
     def image_grids(self, features: dict[str, Any],
@@ -355,29 +312,6 @@ class Model:
                       "record attention weights (slower, more memory)", stacklevel=2)
         self.hf.set_attn_implementation("eager")
         return True
-
-    @contextmanager
-    def fast_attention(self) -> Iterator[None]:
-        """PyTorch's fused attention (``sdpa``) for passes that need no attention weights.
-
-        Models load with eager attention, which methods that read attention weights need;
-        passes that only need logits (perturbation metrics: hundreds of forwards a sample)
-        run about a third faster with ``sdpa``. Logits agree to float rounding (~1e-4 on
-        float32). A model whose code lacks ``sdpa`` keeps its kernel.
-        """
-        current = getattr(self.hf.config, "_attn_implementation", None)
-        if current in (None, "sdpa"):
-            yield
-            return
-        try:
-            self.hf.set_attn_implementation("sdpa")
-        except (ValueError, ImportError, NotImplementedError):
-            yield
-            return
-        try:
-            yield
-        finally:
-            self.hf.set_attn_implementation(current)
 
 
 def wrap(hf_model: torch.nn.Module, processor: Any, model_id: str | None = None) -> Model:

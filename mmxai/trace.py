@@ -30,7 +30,12 @@ from mmxai.model import Inputs, Model
 
 @dataclass(frozen=True)
 class Needs:
-    """What a method needs from the shared pass (and whether it runs passes of its own)."""
+    """What a method needs from the shared pass (and whether it runs passes of its own).
+
+    The union over a run's methods decides what the shared pass records. ``gradients`` and
+    ``extra_passes`` record nothing: they say what a method costs beyond the shared pass
+    (``mmxai plugins`` shows them with each method).
+    """
 
     layers: tuple[int, ...] = ()  # decoder layers beyond the final normed states
     attentions: bool = False

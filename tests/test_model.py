@@ -1,48 +1,21 @@
-"""Core Model behaviours shared by every adapter."""
+"""Core Model behaviours shared by every adapter, and where the built-in adapters' tiny
+models come from."""
+
+import importlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from mmxai.errors import InputError
+from mmxai.commands.tiny import find_family
+from mmxai.model import Model
+from mmxai.plugins.models import tiny as builders
 
-
-def test_swap_images_equals_building_the_inputs_again(tiny_family, tiny_model):
-    model = tiny_model(tiny_family)
-    rng = np.random.default_rng(3)
-    first, second = (Image.fromarray((rng.random((70, 90, 3)) * 255).astype("uint8"))
-                     for _ in range(2))
-    inputs = model.build_inputs([first], "Describe the image.")
-    swapped = model.swap_images(inputs, [second])
-    rebuilt = model.build_inputs([second], "Describe the image.")
-    assert swapped.features.keys() == rebuilt.features.keys()
-    for key, value in rebuilt.features.items():
-        if torch.is_tensor(value):
-            assert torch.equal(swapped.features[key], value), key
-    assert swapped.grids is inputs.grids
-    np.testing.assert_array_equal(swapped.prompt_positions, rebuilt.prompt_positions)
-    with pytest.raises(InputError):
-        model.swap_images(inputs, [first.resize((40, 40))])
-
-
-def test_swap_each_equals_swapping_one_at_a_time(tiny_family, tiny_model):
-    model = tiny_model(tiny_family)
-    rng = np.random.default_rng(4)
-    first, *others = (Image.fromarray((rng.random((70, 90, 3)) * 255).astype("uint8"))
-                      for _ in range(4))
-    inputs = model.build_inputs([first], "Describe the image.")
-    swapped = model.swap_each(inputs, others)
-    assert len(swapped) == len(others)
-    for image, got in zip(others, swapped, strict=True):
-        expected = model.swap_images(inputs, [image])
-        assert got.features.keys() == expected.features.keys()
-        for key, value in expected.features.items():
-            if torch.is_tensor(value):
-                assert torch.equal(got.features[key], value), key
-        assert got.images == [image] and got.grids is inputs.grids
-    with pytest.raises(InputError):
-        model.swap_each(inputs, [first, first.resize((40, 40))])
+#: Each built-in adapter's builder in mmxai.plugins.models.tiny, by adapter name.
+BUILDERS = {"llava": builders.tiny_llava, "llava-next": builders.tiny_llava_next,
+            "qwen2-vl": builders.tiny_qwen2_vl, "qwen2.5-vl": builders.tiny_qwen2_5_vl,
+            "internvl": builders.tiny_internvl}
 
 
 def test_top_level_explain_returns_per_token_maps(tiny_model):
@@ -57,13 +30,31 @@ def test_top_level_explain_returns_per_token_maps(tiny_model):
     assert result.image_map(0).shape == (60, 80)
 
 
-def test_fast_attention_gives_the_same_logits_and_restores_eager(tiny_family, tiny_model):
-    model = tiny_model(tiny_family)
-    inputs = model.build_inputs([Image.new("RGB", (64, 48), (200, 40, 40))], "Describe it.")
-    with torch.no_grad():
-        eager = model.hf(**inputs.features).logits
-        with model.fast_attention():
-            assert model.hf.config._attn_implementation == "sdpa"
-            fast = model.hf(**inputs.features).logits
-    assert model.hf.config._attn_implementation == "eager"
-    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
+def test_every_builtin_family_has_a_builder_in_the_tiny_module(tiny_families):
+    builtin = {name for name, adapter in tiny_families.items()
+               if adapter.__module__.startswith("mmxai.plugins.models.")}
+    assert builtin == set(BUILDERS)
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_adapter_tiny_is_its_builder(family, monkeypatch):
+    adapter = find_family(family)
+    via_adapter, via_builder = adapter.tiny(seed=1), BUILDERS[family](adapter, 1)
+    assert type(via_adapter) is type(via_builder) is adapter
+    assert via_adapter.model_id == via_builder.model_id
+    assert via_adapter.hf.config.to_dict() == via_builder.hf.config.to_dict()
+    state = via_builder.hf.state_dict()
+    for key, value in via_adapter.hf.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert via_adapter.tokenizer.get_vocab() == via_builder.tokenizer.get_vocab()
+    # the classmethod is a one-line delegation: it passes the class and the seed on
+    calls = []
+    monkeypatch.setattr(importlib.import_module(adapter.__module__), BUILDERS[family].__name__,
+                        lambda cls, seed: calls.append((cls, seed)))
+    adapter.tiny(seed=7)
+    assert calls == [(adapter, 7)]
+
+
+def test_model_keeps_no_perturbation_helpers():
+    for name in ("swap_images", "swap_each", "fast_attention"):
+        assert not hasattr(Model, name), name

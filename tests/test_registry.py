@@ -232,6 +232,27 @@ def test_example_plugin_is_discovered_with_its_metadata(capsys):
     assert example["error"] is None
 
 
+def test_mmxai_plugins_shows_every_summary_and_what_each_method_needs(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # the table's cells wrap less
+    assert cli.main(["plugins", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    pm = registry.manager()
+    for kind in ("methods", "metrics", "datasets"):
+        shown = {name: summary for p in listed
+                 for name, summary in p["summaries"].get(kind, {}).items()}
+        assert shown == {name: cls.summary for name, cls in pm.items(kind).items()}, kind
+    needs = {name: n for p in listed for name, n in p["needs"].get("methods", {}).items()}
+    assert needs["gradcam"]["gradients"] and needs["msea"]["extra_passes"]
+    assert needs["attention"]["attentions"] and not needs["tam"]["attentions"]
+    example = {p["name"]: p for p in listed}["example"]
+    assert example["summaries"] == {"methods": {"example-norm": pm.get(
+        "methods", "example-norm").summary}}
+    assert cli.main(["plugins"]) == 0
+    table = " ".join(capsys.readouterr().out.split())  # rich wraps long cells
+    assert "Token Activation Map:" in table and "needs: own backward passes" in table
+    assert "adapter for LlavaForConditionalGeneration" in table
+
+
 def test_example_method_is_the_l2_norm_of_image_token_states(tiny_families, tiny_model):
     model = tiny_model(next(iter(tiny_families)))
     image = Image.new("RGB", (64, 48), (120, 30, 200))

@@ -36,6 +36,7 @@ from mmxai.hookspecs import hookimpl
 from mmxai.maps import to_image
 from mmxai.metric import EvalItem, Metric, Parts
 from mmxai.model import Inputs, Model
+from mmxai.perturb import fast_attention, swap_each
 from mmxai.trace import Trace, forced_features, forced_trace
 
 
@@ -136,7 +137,7 @@ def token_probabilities(model: Model, variants: list[Inputs], sequence: torch.Te
     end = max(positions) + 1
     features = [forced_features(v, sequence[:end]) for v in variants]
     out = []
-    with model.fast_attention():
+    with fast_attention(model):
         for start in range(0, len(features), max(1, batch)):
             chunk = features[start:start + max(1, batch)]
             wanted = positions[start:start + len(chunk)]
@@ -192,7 +193,7 @@ class _Perturbation(Metric):
             ranks = pixel_ranks(to_image(item.maps[j], trace.grids, 0, (height, width)))
             images += perturbed_images(image, baseline, ranks, fractions, self.deletion)
             positions += [trace.generating_position(j)] * len(fractions)
-        variants = item.model.swap_each(trace.inputs, images)  # one processor call
+        variants = swap_each(item.model, trace.inputs, images)  # one processor call
         middle = token_probabilities(item.model, variants, trace.sequence, positions,
                                      self.options.batch).reshape(len(tokens), -1)
         return {"value": [auc(np.concatenate([[start[j]], row, [end[j]]]))

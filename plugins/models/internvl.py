@@ -23,24 +23,7 @@ from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
 from mmxai.plugins.models.shared import size_value, stack_calls, token_positions
-from mmxai.plugins.models.tiny import random_model, train_tokenizer
-
-#: The InternVL3 -hf template: ChatML, ``<IMG_CONTEXT>\n`` per image (the processor expands it).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
-    "{% elif part['type'] == 'video' %}{{ '<video>\n' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-#: The tokens the processor looks up on the tokenizer by these names.
-IMAGE_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
-                "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *IMAGE_TOKENS.values())
+from mmxai.plugins.models.tiny import tiny_internvl
 
 
 @cache
@@ -159,41 +142,7 @@ class InternVL(Model):
 
     @classmethod
     def tiny(cls, seed: int = 0) -> InternVL:
-        """Tiny InternVL3: Qwen2 text (64 wide, 2 layers), 2-layer tower on 56-pixel tiles.
-
-        Tiles of 4 x 4 patches fold into 2 x 2 tokens; up to 4 tiles plus a thumbnail.
-        """
-        from transformers import (
-            GotOcr2ImageProcessorPil,
-            InternVLConfig,
-            InternVLForConditionalGeneration,
-            InternVLVisionConfig,
-            Qwen2Config,
-        )
-
-        tokenizer = train_tokenizer(SPECIAL_TOKENS, extra_text="user assistant",
-                                    extra_special_tokens=IMAGE_TOKENS, eos_token="<|im_end|>",
-                                    pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
-        image_processor = GotOcr2ImageProcessorPil(size={"height": 56, "width": 56},
-                                                   crop_to_patches=True, min_patches=1,
-                                                   max_patches=4)
-        processor = image_text_processor_class()(image_processor=image_processor,
-                                                 tokenizer=tokenizer, image_seq_length=4,
-                                                 chat_template=CHAT_TEMPLATE)
-        config = InternVLConfig(
-            vision_config=InternVLVisionConfig(hidden_size=32, intermediate_size=64,
-                                               num_hidden_layers=2, num_attention_heads=4,
-                                               image_size=56, patch_size=14),
-            text_config=Qwen2Config(vocab_size=len(tokenizer), hidden_size=64,
-                                    intermediate_size=128, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2,
-                                    max_position_embeddings=2048),
-            image_token_id=tokenizer.context_image_token_id, image_seq_length=4,
-            downsample_ratio=0.5, vision_feature_layer=-1,
-            vision_feature_select_strategy="default", pad_token_id=tokenizer.pad_token_id,
-        )
-        model = random_model(InternVLForConditionalGeneration, config, seed)
-        return cls(model, processor, model_id="tiny-internvl")
+        return tiny_internvl(cls, seed)
 
 
 @hookimpl

@@ -25,34 +25,7 @@ from mmxai.plugins.models.shared import (
     stack_calls,
     token_positions,
 )
-from mmxai.plugins.models.tiny import random_model, train_tokenizer
-
-#: llava-hf's template: images first (``<image>\n`` each), then the text, then the answer cue.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ part['text'] + ' ' }}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-
-#: Tiny sizes shared by the LLaVA family: 56-pixel crops of 14-pixel patches, a 4 x 4 grid.
-TINY_IMAGE_SIZE = 56
-TINY_PATCH_SIZE = 14
-TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
-
-
-def tiny_clip_config():
-    """A 2-layer, 32-wide CLIP vision tower on :data:`TINY_IMAGE_SIZE` crops."""
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, image_size=TINY_IMAGE_SIZE,
-                            patch_size=TINY_PATCH_SIZE, projection_dim=32)
+from mmxai.plugins.models.tiny import tiny_llava
 
 
 class Llava(Model):
@@ -114,36 +87,7 @@ class Llava(Model):
 
     @classmethod
     def tiny(cls, seed: int = 0) -> Llava:
-        """Tiny LLaVA-1.5: Llama text (64 wide, 2 layers), CLIP tower on 56-pixel crops."""
-        from transformers import (
-            LlamaConfig,
-            LlavaConfig,
-            LlavaForConditionalGeneration,
-            LlavaImageProcessorPil,
-            LlavaProcessor,
-        )
-
-        tokenizer = train_tokenizer(["<image>", "<s>", "</s>", "<pad>"],
-                                    extra_text="USER ASSISTANT", bos_token="<s>",
-                                    eos_token="</s>", pad_token="<pad>",
-                                    chat_template=CHAT_TEMPLATE)
-        image_processor = LlavaImageProcessorPil(
-            size={"shortest_edge": TINY_IMAGE_SIZE},
-            crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
-        )
-        processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   patch_size=TINY_PATCH_SIZE,
-                                   vision_feature_select_strategy="default",
-                                   num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
-        config = LlavaConfig(
-            vision_config=tiny_clip_config(),
-            text_config=LlamaConfig(vocab_size=len(tokenizer), **TINY_TEXT),
-            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-            vision_feature_layer=-2, vision_feature_select_strategy="default",
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        model = random_model(LlavaForConditionalGeneration, config, seed)
-        return cls(model, processor, model_id="tiny-llava")
+        return tiny_llava(cls, seed)
 
 
 @hookimpl

@@ -22,13 +22,7 @@ from PIL import Image
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs
-from mmxai.plugins.models.llava import (
-    TINY_IMAGE_SIZE,
-    TINY_PATCH_SIZE,
-    TINY_TEXT,
-    Llava,
-    tiny_clip_config,
-)
+from mmxai.plugins.models.llava import Llava
 from mmxai.plugins.models.shared import (
     crop_box,
     size_value,
@@ -36,26 +30,7 @@ from mmxai.plugins.models.shared import (
     stack_calls,
     token_positions,
 )
-from mmxai.plugins.models.tiny import random_model, train_tokenizer
-
-#: llava-hf's LLaVA-NeXT (Mistral) template: ``[INST] <image>\n{prompt} [/INST]``.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '[INST] ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ part['text'] }}{% endfor %}{% endif %}{{ ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ part['text'] }}{% endfor %}{% endif %}{{ '</s> ' }}"
-    "{% endif %}{% endfor %}"
-)
-
-#: The real checkpoints' pinpoints scaled from 336-pixel to 56-pixel tiles.
-TINY_PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
+from mmxai.plugins.models.tiny import tiny_llava_next
 
 
 class LlavaNext(Llava):
@@ -164,37 +139,7 @@ class LlavaNext(Llava):
 
     @classmethod
     def tiny(cls, seed: int = 0) -> LlavaNext:
-        """Tiny LLaVA-NeXT: Mistral text (64 wide, 2 layers), CLIP tower, 56-pixel tiles."""
-        from transformers import (
-            LlavaNextConfig,
-            LlavaNextForConditionalGeneration,
-            LlavaNextImageProcessorPil,
-            LlavaNextProcessor,
-            MistralConfig,
-        )
-
-        tokenizer = train_tokenizer(["<image>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]"],
-                                    bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                    chat_template=CHAT_TEMPLATE)
-        image_processor = LlavaNextImageProcessorPil(
-            size={"shortest_edge": TINY_IMAGE_SIZE},
-            crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
-            image_grid_pinpoints=TINY_PINPOINTS,
-        )
-        processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                       patch_size=TINY_PATCH_SIZE,
-                                       vision_feature_select_strategy="default",
-                                       num_additional_image_tokens=1,
-                                       chat_template=CHAT_TEMPLATE)
-        config = LlavaNextConfig(
-            vision_config=tiny_clip_config(),
-            text_config=MistralConfig(vocab_size=len(tokenizer), **TINY_TEXT),
-            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-            image_grid_pinpoints=TINY_PINPOINTS, vision_feature_layer=-2,
-            vision_feature_select_strategy="default", pad_token_id=tokenizer.pad_token_id,
-        )
-        model = random_model(LlavaNextForConditionalGeneration, config, seed)
-        return cls(model, processor, model_id="tiny-llava-next")
+        return tiny_llava_next(cls, seed)
 
 
 @hookimpl

@@ -24,16 +24,7 @@ from PIL import Image
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
-from mmxai.plugins.models.tiny import CHATML_TEMPLATE, random_model, train_tokenizer
-
-VISION_TOKENS = (
-    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-)
-SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", *VISION_TOKENS,
-)
-IMAGE_MARKUP = "<|vision_start|><|image_pad|><|vision_end|>"
+from mmxai.plugins.models.tiny import tiny_qwen2_5_vl, tiny_qwen2_vl
 
 
 @cache
@@ -149,48 +140,9 @@ class Qwen2VL(Model):
         grid_scores[order.to(groups.device)] = groups
         return grid_scores
 
-    # -- tiny model ----------------------------------------------------------------------
-    @classmethod
-    def tiny_vision_config(cls) -> dict[str, Any]:
-        return dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
-                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-
     @classmethod
     def tiny(cls, seed: int = 0) -> Qwen2VL:
-        """Text hidden 64 x 2 layers, vision hidden 32 x 2 blocks, patch 14; 4-32 tokens/image."""
-        import transformers
-
-        template = CHATML_TEMPLATE.replace("{{ image_markup }}", IMAGE_MARKUP)
-        tokenizer = train_tokenizer(SPECIAL_TOKENS, eos_token="<|im_end|>",
-                                    pad_token="<|endoftext|>", chat_template=template)
-        ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-        text_config = dict(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            # mrope splits head_dim / 2 = 8 rotary frequencies over (t, h, w)
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                             "mrope_section": [2, 3, 3]},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        )
-        config = getattr(transformers, cls.config_name)(
-            text_config=text_config, vision_config=cls.tiny_vision_config(),
-            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"],
-            vision_end_token_id=ids["<|vision_end|>"],
-        )
-        hf_model = random_model(getattr(transformers, cls.architectures[0]), config, seed)
-        # A trained model never writes vision placeholders; a random one would, and a
-        # placeholder in the answer breaks teacher forcing (image features != image tokens).
-        hf_model.generation_config.suppress_tokens = [ids[t] for t in VISION_TOKENS]
-        # smart-resize to 4..32 LLM tokens (16..128 patches) per image
-        image_processor = transformers.Qwen2VLImageProcessorPil(
-            min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 32
-        )
-        processor = image_only_processor(cls.processor_name)(
-            image_processor=image_processor, tokenizer=tokenizer, chat_template=template
-        )
-        return cls(hf_model, processor, model_id=f"tiny-{cls.name}")
+        return tiny_qwen2_vl(cls, seed)
 
 
 class Qwen2_5_VL(Qwen2VL):
@@ -207,11 +159,8 @@ class Qwen2_5_VL(Qwen2VL):
                             vision.patch_size)
 
     @classmethod
-    def tiny_vision_config(cls) -> dict[str, Any]:
-        # 56-pixel windows are 2x2 LLM tokens, so even tiny grids are window-permuted
-        return dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64,
-                    num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                    window_size=56, fullatt_block_indexes=[1])
+    def tiny(cls, seed: int = 0) -> Qwen2_5_VL:
+        return tiny_qwen2_5_vl(cls, seed)
 
 
 def window_index(grid_thw: torch.Tensor, merge_size: int, window_size: int,
