@@ -29,9 +29,16 @@ from PIL import Image
 from rich.console import Console
 
 from mmxai.api import make_method
-from mmxai.commands.compare import open_model
+from mmxai.commands.common import open_model
 from mmxai.dataset import Dataset, Sample
-from mmxai.evaluation import Evaluator, NamedMetric, ResultStore
+from mmxai.evaluation import (
+    ConsoleReporter,
+    Evaluator,
+    Generation,
+    NamedMetric,
+    ResultStore,
+    RunSpec,
+)
 from mmxai.registry import manager
 from mmxai.trace import Needs, generate_traces
 
@@ -117,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         for b in batches:
             with tempfile.TemporaryDirectory() as folder, \
                     ResultStore(Path(folder) / "results.sqlite") as store:
+                spec = RunSpec(generation=Generation(**tokens), batch_size=b)
                 evaluator = Evaluator(Pictures(), [make_method("tam"), make_method("logit-lens")],
-                                      metrics, store, batch_size=b, progress=False,
-                                      console=Console(stderr=True), **tokens)
+                                      metrics, store, spec,
+                                      reporter=ConsoleReporter(Console(stderr=True), bars=False))
                 start = clock()
                 evaluator.run(model, "benchmark")
                 cells.append((clock() - start) / len(samples))

@@ -9,6 +9,7 @@ from PIL import Image
 
 from mmxai.api import make_method
 from mmxai.dataset import Sample
+from mmxai.evaluation import Generation, RunSpec
 from mmxai.metric import EvalItem
 from mmxai.model import Model
 from mmxai.trace import Needs, Trace, generate_trace
@@ -40,6 +41,11 @@ def traced(model: Model, n_tokens: int = 3, needs: Needs | None = None,
     inputs = model.build_inputs([image or picture()], PROMPT)
     return generate_trace(model, inputs, needs or Needs(), max_new_tokens=n_tokens,
                           min_new_tokens=n_tokens)
+
+
+def run_spec(max_new_tokens: int = 32, min_new_tokens: int = 0, **settings) -> RunSpec:
+    """A run's settings with these generation lengths (what the evaluator tests vary)."""
+    return RunSpec(generation=Generation(max_new_tokens, min_new_tokens), **settings)
 
 
 def item(model: Model, trace: Trace, method: str, **options) -> EvalItem:

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures.tam_fixture import write_coco_fixture
-from helpers_evaluator import FAMILY, one_torch_thread, picture  # noqa: F401
+from helpers_evaluator import FAMILY, one_torch_thread, picture, run_spec  # noqa: F401
 from rich.console import Console
 
 from mmxai import cli
 from mmxai.api import make_method
-from mmxai.commands.compare import default_batch
-from mmxai.evaluation import evaluator as evaluator_module
+from mmxai.evaluation import ConsoleReporter
+from mmxai.evaluation import jobs as jobs_module
 from mmxai.evaluation.evaluator import Evaluator, NamedMetric
+from mmxai.evaluation.spec import default_batch
 from mmxai.evaluation.store import ResultStore
 from mmxai.model import Model
 from mmxai.registry import manager
@@ -158,16 +159,17 @@ def run(dataset, model, path: Path, batch_size: int, monkeypatch=None,
     """Evaluate into ``path``; returns the sizes of the batched generate calls."""
     sizes = []
     if monkeypatch is not None:
-        real = evaluator_module.generate_traces
-        monkeypatch.setattr(evaluator_module, "generate_traces",
+        real = jobs_module.generate_traces
+        monkeypatch.setattr(jobs_module, "generate_traces",
                             lambda m, inputs, *a, **k: sizes.append(len(inputs)) or real(
                                 m, inputs, *a, **k))
     metrics = [metric("obj-iou"), metric("f1-iou"), metric("deletion", steps=2, max_tokens=1),
                metric("randomisation")]
     with ResultStore(path) as store:
         Evaluator(dataset, [make_method("tam"), make_method("logit-lens")], metrics, store,
-                  max_new_tokens=3, min_new_tokens=3, batch_size=batch_size, progress=False,
-                  console=console or Console(quiet=True)).run(model, f"tiny:{FAMILY}")
+                  run_spec(3, 3, batch_size=batch_size),
+                  reporter=ConsoleReporter(console or Console(quiet=True), bars=False)
+                  ).run(model, f"tiny:{FAMILY}")
     return sizes
 
 
@@ -229,8 +231,8 @@ def test_a_failed_batch_falls_back_to_one_sample_at_a_time(tmp_path, tiny_model,
             raise ValueError("this one cannot generate")
         return generate_trace(model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(evaluator_module, "generate_traces", no_batch)
-    monkeypatch.setattr(evaluator_module, "generate_trace", picky)
+    monkeypatch.setattr(jobs_module, "generate_traces", no_batch)
+    monkeypatch.setattr(jobs_module, "generate_trace", picky)
     console = Console(record=True, width=300)
     run(dataset, model, tmp_path / "fallback.sqlite", 3, console=console)
     assert ("batch of 3 samples failed to generate together (RuntimeError: CUDA out of memory)"

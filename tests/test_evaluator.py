@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures.tam_fixture import write_coco_fixture, write_grandf_fixture
-from helpers_evaluator import FAMILY, one_torch_thread  # noqa: F401
+from helpers_evaluator import FAMILY, one_torch_thread, run_spec  # noqa: F401
 from PIL import Image
 from rich.console import Console
 
@@ -21,7 +21,8 @@ from mmxai import cli, registry
 from mmxai.api import make_method
 from mmxai.dataset import Sample
 from mmxai.errors import MMXAIError
-from mmxai.evaluation import evaluator as evaluator_module
+from mmxai.evaluation import ConsoleReporter, Reporter
+from mmxai.evaluation import jobs as jobs_module
 from mmxai.evaluation.evaluator import Evaluator, NamedMetric, Shard
 from mmxai.evaluation.leaderboard import leaderboard
 from mmxai.evaluation.store import ResultStore
@@ -63,8 +64,8 @@ def cells(board_json: dict, skip: Sequence[str] = ()) -> dict:
 def test_compare_on_a_tam_format_fixture_writes_every_file(tmp_path, capsys, monkeypatch):
     data = write_coco_fixture(tmp_path / "coco2014")
     traces = []
-    real = evaluator_module.generate_trace
-    monkeypatch.setattr(evaluator_module, "generate_trace",
+    real = jobs_module.generate_trace
+    monkeypatch.setattr(jobs_module, "generate_trace",
                         lambda *a, **k: traces.append(k) or real(*a, **k))
     out = tmp_path / "out"
     metrics = "obj-iou,func-iou,f1-iou,precision,recall,deletion,randomisation," \
@@ -113,7 +114,7 @@ def evaluate(dataset, store: ResultStore, model, methods=("tam", "random"), metr
     metrics = metrics or [metric("obj-iou"), metric("f1-iou"), metric("randomisation"),
                           metric("deletion", steps=2, max_tokens=1)]
     evaluator = Evaluator(dataset, [make_method(m) for m in methods], metrics, store,
-                          max_new_tokens=3, min_new_tokens=3, progress=False)
+                          run_spec(3, 3), reporter=ConsoleReporter(bars=False))
     return evaluator.run(model, TINY)
 
 
@@ -210,8 +211,8 @@ def test_bad_samples_are_reported_counted_and_the_rest_complete(tmp_path, tiny_m
     metrics = [metric("obj-iou"), metric("seconds-per-token"), NamedMetric("picky", Picky())]
     with ResultStore(tmp_path / "r.sqlite") as store:
         summary = Evaluator(dataset, [make_method("tam"), Flaky()], metrics, store,
-                            max_new_tokens=2, min_new_tokens=2, console=console,
-                            progress=True).run(tiny_model(FAMILY), TINY)
+                            run_spec(2, 2), reporter=ConsoleReporter(console)
+                            ).run(tiny_model(FAMILY), TINY)
     rows = store_rows(tmp_path / "r.sqlite")
     # never dropped silently: every (sample, method, metric) has a row
     assert {(r[4], r[2], r[5]) for r in rows} == {
@@ -260,8 +261,8 @@ def test_wrong_size_maps_are_a_failure_of_the_method(tiny_model, tmp_path):
     data = write_coco_fixture(tmp_path / "coco2014")
     dataset = manager().get("datasets", "coco-caption")(data["root"], limit=1)
     with ResultStore(tmp_path / "r.sqlite") as store:
-        Evaluator(dataset, [Short()], [metric("seconds-per-token")], store, max_new_tokens=2,
-                  progress=False).run(tiny_model(FAMILY), TINY)
+        Evaluator(dataset, [Short()], [metric("seconds-per-token")], store, run_spec(2),
+                  reporter=ConsoleReporter(bars=False)).run(tiny_model(FAMILY), TINY)
     (row,) = store_rows(tmp_path / "r.sqlite")
     assert row[6] == "failed" and "maps of shape (" in row[8] and row[8].startswith("sample 42")
 
@@ -366,7 +367,7 @@ def test_needs_are_the_union_of_methods_and_metrics():
 
     evaluator = Evaluator(manager().get("datasets", "coco-caption")(Path(".")),
                           [Attn(), make_method("tam")], [NamedMetric("topk", TopK())],
-                          store=None, progress=False)
+                          store=None, reporter=Reporter())
     assert evaluator.needs.attentions and evaluator.needs.topk >= 3
     assert {0, 1} <= set(evaluator.needs.layers)
     with pytest.raises(MMXAIError, match="twice"):

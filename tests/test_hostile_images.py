@@ -24,6 +24,7 @@ from mmxai.api import load_image as api_load_image
 from mmxai.api import make_method
 from mmxai.dataset import Sample, load_image, load_mask
 from mmxai.errors import InputError
+from mmxai.evaluation import ConsoleReporter, Generation, RunSpec
 from mmxai.evaluation.evaluator import Evaluator, NamedMetric
 from mmxai.evaluation.store import ResultStore
 from mmxai.images import MAX_ASPECT_RATIO, read_image, read_label_map, to_rgb
@@ -509,8 +510,9 @@ def test_the_evaluator_model_sees_upright_16_bit_images_and_bad_ones_fail_alone(
     metrics = [NamedMetric.make(manager().get("metrics", "seconds-per-token"), None)]
     with ResultStore(tmp_path / "r.sqlite") as store:
         Evaluator(WithPipe(root), [make_method("logit-lens")], metrics, store,
-                  max_new_tokens=1, min_new_tokens=1, progress=False,
-                  console=Console(quiet=True)).run(model, "tiny:llava")
+                  RunSpec(generation=Generation(1, 1)),
+                  reporter=ConsoleReporter(Console(quiet=True), bars=False)
+                  ).run(model, "tiny:llava")
     assert len(seen) == 2
     assert_upright(seen[0])
     assert pixel(seen[1], (5, 5)) == (128, 128, 128)  # 32768 of 65535: mid grey, not white

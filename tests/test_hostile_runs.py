@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures.tam_fixture import write_coco_fixture
-from helpers_evaluator import FAMILY, one_torch_thread  # noqa: F401
+from helpers_evaluator import FAMILY, one_torch_thread, run_spec  # noqa: F401
 
 from mmxai import cli
 from mmxai.api import make_method
-from mmxai.evaluation import evaluator as evaluator_module
+from mmxai.evaluation import ConsoleReporter
+from mmxai.evaluation import jobs as jobs_module
 from mmxai.evaluation.evaluator import Evaluator, NamedMetric
 from mmxai.evaluation.leaderboard import leaderboard, load_rows
 from mmxai.evaluation.store import ResultStore, Row, RunKey
@@ -205,8 +206,8 @@ def test_non_finite_or_non_numeric_metric_values_are_failed_rows(tmp_path, tiny_
     }
     metrics = [NamedMetric(name, Returns(value)) for name, (value, _) in cases.items()]
     with ResultStore(tmp_path / "r.sqlite") as store:
-        summary = Evaluator(dataset, [make_method("random")], metrics, store,
-                            max_new_tokens=2, progress=False).run(tiny_model(FAMILY), TINY)
+        summary = Evaluator(dataset, [make_method("random")], metrics, store, run_spec(2),
+                            reporter=ConsoleReporter(bars=False)).run(tiny_model(FAMILY), TINY)
     rows = {r[5]: r for r in stored(tmp_path / "r.sqlite")}
     for name, (_, cause) in cases.items():
         status, parts, error = rows[name][6:9]
@@ -244,7 +245,7 @@ def test_failed_rows_are_retried_by_a_rerun_and_kept_with_no_retry(tmp_path, cap
     def no_memory(*args, **kwargs):
         raise RuntimeError("out of memory (transient)")
 
-    monkeypatch.setattr(evaluator_module, "generate_trace", no_memory)
+    monkeypatch.setattr(jobs_module, "generate_trace", no_memory)
     code, printed, err = compare(capsys, *run)
     assert code == 0, err
     assert "3 evaluated now, 0 already stored, 3 failed" in summary_line(printed)
@@ -415,7 +416,7 @@ def test_a_model_that_cannot_run_stops_after_its_first_samples(tmp_path, capsys,
     def broken(*args, **kwargs):
         raise RuntimeError("expected all tensors to be on the same device")
 
-    monkeypatch.setattr(evaluator_module, "generate_trace", broken)
+    monkeypatch.setattr(jobs_module, "generate_trace", broken)
     line = refused(*compare(capsys, *run))
     assert line.startswith("error: stopped: the first 5 samples all failed alike: generation: "
                            "RuntimeError: expected all tensors to be on the same device; the "
@@ -435,7 +436,7 @@ def test_a_model_that_cannot_run_stops_after_its_first_samples(tmp_path, capsys,
         calls.append(1)
         raise RuntimeError(f"sample-specific problem {len(calls)}")
 
-    monkeypatch.setattr(evaluator_module, "generate_trace", flaky)
+    monkeypatch.setattr(jobs_module, "generate_trace", flaky)
     code, printed, err = compare(capsys, *run[:-1], tmp_path / "flaky")
     assert code == 0 and "8 evaluated now, 0 already stored, 8 failed" in summary_line(printed)
 

@@ -15,13 +15,16 @@ dataset whose class sets ``default_benchmark = True``, on that class's ``default
 ``--workers N`` splits the samples over N processes (:mod:`mmxai.commands.workers`), each
 writing shard i/N's store; the parent draws the progress and merges the stores. ``auto``
 uses one per core for small models on CPU, and 1 otherwise.
+
+The arguments are read once into a :class:`~mmxai.evaluation.spec.RunSpec` (:func:`run_spec`);
+:func:`build_plan` builds what it names into a :class:`Plan`, here and, from the same spec,
+in each worker (which is handed :func:`build_plan`, not this module).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,19 +36,23 @@ from mmxai.cli import error
 from mmxai.commands import workers
 from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
 from mmxai.commands.leaderboard import check_out
-from mmxai.dataset import Dataset, Sample
+from mmxai.dataset import Dataset
 from mmxai.errors import InputError, MMXAIError
 from mmxai.evaluation import (
+    ConsoleReporter,
     Evaluator,
+    Generation,
     NamedMetric,
+    Reporter,
     ResultStore,
+    RunSpec,
+    Selection,
     Shard,
     Summary,
     leaderboard,
     print_table,
     write_all,
 )
-from mmxai.evaluation.evaluator import progress_bar
 from mmxai.method import Method
 from mmxai.model import Model
 from mmxai.registry import manager
@@ -100,11 +107,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow the checkpoint's own Python code to run")
 
 
-def _names(specs: list[str] | None, kind: str) -> list[str]:
-    if not specs:
-        return manager().names(kind)
-    names = [n.strip() for spec in specs for n in spec.split(",") if n.strip()]
-    return list(dict.fromkeys(names))
+def _names(specs: list[str] | None) -> tuple[str, ...]:
+    """Repeated or comma-separated names, each once; none: every registered one (the plan's)."""
+    names = [n.strip() for spec in specs or [] for n in spec.split(",") if n.strip()]
+    return tuple(dict.fromkeys(names))
+
+
+def run_spec(args: argparse.Namespace) -> RunSpec:
+    """The run's settings, read once from the parsed arguments (and checked as they are)."""
+    return RunSpec(
+        selection=Selection(models=tuple(args.models or ()), dataset=args.dataset,
+                            data_root=args.data_root, methods=_names(args.methods),
+                            metrics=_names(args.metrics), options=tuple(args.options)),
+        generation=Generation(args.max_new_tokens, args.min_new_tokens, args.dtype),
+        batch_size=args.batch, seed=args.seed, bootstrap=args.bootstrap, limit=args.limit,
+        retry=not args.no_retry, keep_going=args.keep_going, device=args.device,
+        trust_remote_code=args.trust_remote_code, out=args.out)
 
 
 def default_benchmark() -> type[Dataset]:
@@ -117,17 +135,6 @@ def default_benchmark() -> type[Dataset]:
     return found[0]
 
 
-def default_batch(device: torch.device) -> int:
-    """Samples per ``generate`` call when ``--batch`` is not given (docs/benchmarks.md).
-
-    On CUDA, 8: a decoding step costs about the same for 8 sequences as for one. On CPU, 1:
-    batching speeds generation 2-2.6x there too, but CPU runs are the tests, the demos and
-    the reproducibility checks, and only one sample at a time keeps every sample's numbers
-    independent of which samples shared its batch (bit-identical shards and resumptions).
-    """
-    return 8 if device.type == "cuda" else 1
-
-
 def model_label(spec: str) -> str:
     """How a model is keyed in the store: the spec, with a local folder's path normalised."""
     return os.path.normpath(spec) if Path(spec).is_dir() else spec
@@ -135,39 +142,38 @@ def model_label(spec: str) -> str:
 
 @dataclass
 class Plan:
-    """What a run evaluates, built from the arguments and checked before any model loads
-    (worker processes build it again from the same arguments)."""
+    """What a run evaluates: its spec and the objects built from it, checked before any
+    model loads (worker processes build it again from the same spec)."""
 
-    args: argparse.Namespace
+    spec: RunSpec
     dataset: Dataset
     methods: list[Method]
     metrics: list[NamedMetric]
     models: list[str]  # the --model specs
     labels: list[str]  # how each is keyed in the store
     device: torch.device
-    batch: int
 
-    def evaluator(self, store: ResultStore | None, shard: Shard | None = None, *,
-                  console: Console | None = None, progress: bool = True,
-                  on_sample: Callable[[Sample], None] | None = None) -> Evaluator:
-        return Evaluator(self.dataset, self.methods, self.metrics, store,
-                         max_new_tokens=self.args.max_new_tokens,
-                         min_new_tokens=self.args.min_new_tokens, limit=self.args.limit,
-                         shard=shard or Shard(), seed=self.args.seed, batch_size=self.batch,
-                         console=console, progress=progress, on_sample=on_sample,
-                         retry=not getattr(self.args, "no_retry", False),
-                         keep_going=getattr(self.args, "keep_going", False))
+    def evaluator(self, store: ResultStore | None, shard: Shard | None = None,
+                  reporter: Reporter | None = None) -> Evaluator:
+        return Evaluator(self.dataset, self.methods, self.metrics, store, self.spec,
+                         shard=shard, reporter=reporter)
 
-    def open(self, spec: str) -> Model:
-        return open_model(spec, self.device, parse_dtype(self.args.dtype),
-                          self.args.trust_remote_code)
+    def open(self, model: str) -> Model:
+        return open_model(model, self.device, parse_dtype(self.spec.generation.dtype),
+                          self.spec.trust_remote_code)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check everything the user typed and build the datasets, methods and metrics."""
-    dataset_cls = (manager().get("datasets", args.dataset) if args.dataset
+    return build_plan(run_spec(args))
+
+
+def build_plan(spec: RunSpec) -> Plan:
+    """The plan of ``spec``: what it names, built (in the parent and in each worker)."""
+    chosen = spec.selection
+    dataset_cls = (manager().get("datasets", chosen.dataset) if chosen.dataset
                    else default_benchmark())
-    models = args.models or []
+    models = list(chosen.models)
     bundled = not models
     if bundled:
         default = getattr(dataset_cls, "default_model", None)
@@ -177,26 +183,19 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise MMXAIError(f"dataset {dataset_cls.name!r} names default_model {default}, "
                              "which does not exist; pass --model")
         models = [str(default)]
-    if args.limit is not None and args.limit < 1:
-        raise InputError("--limit must be at least 1")
-    if args.max_new_tokens < 1:
-        raise InputError("--max-new-tokens must be at least 1")
-    if args.batch is not None and args.batch < 1:
-        raise InputError("--batch must be at least 1")
-    methods = _names(args.methods, "methods")
-    metrics = _names(args.metrics, "metrics")
-    given = parse_options(args.options, [*methods, *metrics, dataset_cls.name])
+    methods = list(chosen.methods) or manager().names("methods")
+    metrics = list(chosen.metrics) or manager().names("metrics")
+    given = parse_options(list(chosen.options), [*methods, *metrics, dataset_cls.name])
     options = {name: {**dataset_cls.default_options.get(name, {}), **given.get(name, {})}
                for name in {*given, *dataset_cls.default_options}}
-    dataset = dataset_cls(root=args.data_root, **options.get(dataset_cls.name, {}))
+    dataset = dataset_cls(root=chosen.data_root, **options.get(dataset_cls.name, {}))
     method_objs = [make_method(name, **options.get(name, {})) for name in methods]
     metric_objs = [NamedMetric.make(manager().get("metrics", name), options.get(name))
                    for name in metrics]
-    device = resolve_device(args.device)
-    return Plan(args, dataset, method_objs, metric_objs, models,
+    return Plan(spec, dataset, method_objs, metric_objs, models,
                 # the bundled model is keyed by its folder's name, not this machine's path
-                [Path(models[0]).name] if bundled else [model_label(s) for s in models], device,
-                args.batch or default_batch(device))
+                [Path(models[0]).name] if bundled else [model_label(s) for s in models],
+                resolve_device(spec.device))
 
 
 def _count(value: str | None, option: str) -> int | None:
@@ -212,45 +211,47 @@ def run(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)
     # Everything the user typed is checked before the (slow) model loads.
     plan = make_plan(args)
+    spec = plan.spec
     workers_given, threads = _count(args.workers, "--workers"), _count(args.threads, "--threads")
     sharded = args.shard is not None or Shard.from_env().count > 1
     if args.workers is not None and sharded:
         raise InputError("--workers and --shard (or RANK/WORLD_SIZE) exclude each other: "
                          "a shard is one worker; run --shard i/n per process instead")
     shard = Shard.parse(args.shard) if args.shard else Shard.from_env()
-    check_out(args.out)
-    samples = len(plan.evaluator(None).samples())
+    check_out(spec.out)
+    samples = len(plan.evaluator(None, reporter=Reporter()).samples())
     if workers_given is not None:
         count = workers_given
     elif sharded:
         count = 1
     else:
-        count = workers.auto_workers(plan.models, plan.device, samples, args.out)
+        count = workers.auto_workers(plan.models, plan.device, samples, spec.out)
     count = max(1, min(count, samples))  # a worker without samples would only load the model
     if threads is None:
         threads = workers.auto_threads(count, workers.is_small(plan.models))
     if threads is not None:
         torch.set_num_threads(threads)
+    reporter = ConsoleReporter(Console(stderr=True), bars=not args.no_progress)
     if count > 1:
-        stores = _run_workers(args, plan, count, threads or 1, samples, console)
+        stores = _run_workers(plan, count, threads or 1, samples, reporter, console)
     else:
-        stores = [_run_here(plan, shard, console)]
+        stores = [_run_here(plan, shard, reporter, console)]
         if shard.count > 1:
             console.print(f"shard {shard.label} stored in {stores[0]}; when every shard is "
-                          f"done: mmxai leaderboard {args.out}")
+                          f"done: mmxai leaderboard {spec.out}")
             return 0
-    board = leaderboard(stores, n_boot=args.bootstrap, seed=args.seed)
+    board = leaderboard(stores, n_boot=spec.bootstrap, seed=spec.seed)
     print_table(board, console)
-    paths = write_all(board, args.out)
-    console.print(f"wrote {', '.join(p.name for p in paths)} to {args.out}")
+    paths = write_all(board, spec.out)
+    console.print(f"wrote {', '.join(p.name for p in paths)} to {spec.out}")
     return 0
 
 
-def _run_here(plan: Plan, shard: Shard, console: Console) -> Path:
+def _run_here(plan: Plan, shard: Shard, reporter: Reporter, console: Console) -> Path:
     """Every model in this process; the store's path."""
-    store_path = plan.args.out / shard.store_name()
+    store_path = plan.spec.out / shard.store_name()
     with ResultStore(store_path) as store:
-        evaluator = plan.evaluator(store, shard, progress=not plan.args.no_progress)
+        evaluator = plan.evaluator(store, shard, reporter)
         for spec, label in zip(plan.models, plan.labels, strict=True):
             with console.status(f"loading {spec}"):
                 model = plan.open(spec)
@@ -260,13 +261,10 @@ def _run_here(plan: Plan, shard: Shard, console: Console) -> Path:
     return store_path
 
 
-def _run_workers(args: argparse.Namespace, plan: Plan, count: int, threads: int,
-                 samples: int, console: Console) -> list[Path]:
+def _run_workers(plan: Plan, count: int, threads: int, samples: int, reporter: Reporter,
+                 console: Console) -> list[Path]:
     """``count`` worker processes; the stores to merge. Raises if a worker failed."""
-    stderr = Console(stderr=True)
-    with progress_bar(stderr, not args.no_progress) as bar:
-        outcome = workers.run_workers(args, make_plan, plan, count, threads, samples,
-                                      stderr, bar)
+    outcome = workers.run_workers(build_plan, plan, count, threads, samples, reporter)
     for summary in outcome.summaries:
         if summary is not None:
             console.print(_summary_line(summary, Shard()) + f" ({count} workers)")
@@ -276,8 +274,8 @@ def _run_workers(args: argparse.Namespace, plan: Plan, count: int, threads: int,
         for line in outcome.crashed:
             error(line)
         raise MMXAIError(f"{len(outcome.crashed)} of {count} workers failed; what the others "
-                         f"stored is kept in {args.out}: rerun the same command to complete "
-                         "the run")
+                         f"stored is kept in {plan.spec.out}: rerun the same command to "
+                         "complete the run")
     return outcome.stores
 
 

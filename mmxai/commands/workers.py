@@ -10,9 +10,12 @@ mod ``N``) into its own store, ``results-shard<i>-of<N>.sqlite``, exactly as
 to a one-process run's.
 
 Workers are started with ``multiprocessing``'s "spawn" context (no forked torch state or
-threads) and rebuild the run from the command's arguments, with plugins loaded from entry
-points. They report over one queue: each sample done (the parent draws the only progress
-bar), the lines they would print (failures), their summaries, and the cause of a crash.
+threads) and are handed the run's :class:`~mmxai.evaluation.spec.RunSpec` and the function
+that builds a plan from it (the command's; this module imports no command), with plugins
+loaded from entry points. Each evaluates with a reporter that sends what the evaluator says
+to the parent over one queue: each sample done (the parent draws the only progress bars),
+each failure and note (the parent prints them); then their summaries, or the cause of a
+crash.
 A crashed worker is reported in one line; what the others stored is kept, and rerunning the
 command resumes every shard, computing only what is missing. When every worker stops with
 the same error of the user's (a resumption refused because the model's processor changed,
@@ -26,7 +29,6 @@ own. An interrupted write is rolled back by SQLite: the stores hold whole sample
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ctypes.util
 import multiprocessing
@@ -40,18 +42,30 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
-from rich.console import Console
-from rich.text import Text
 
 from mmxai.commands.common import TINY
+from mmxai.dataset import Dataset
 from mmxai.errors import MMXAIError
-from mmxai.evaluation import ResultStore, Shard, Summary
+from mmxai.evaluation import Evaluator, Reporter, ResultStore, RunSpec, Shard, Summary
+from mmxai.model import Model
 
-if TYPE_CHECKING:
-    from mmxai.commands.compare import Plan
+
+class Plan(Protocol):
+    """What the workers use of the command's plan (:class:`mmxai.commands.compare.Plan`)."""
+
+    spec: RunSpec
+    dataset: Dataset
+    models: list[str]
+    labels: list[str]
+
+    def evaluator(self, store: ResultStore | None, shard: Shard | None = None,
+                  reporter: Reporter | None = None) -> Evaluator: ...
+
+    def open(self, model: str) -> Model: ...
+
 
 #: A model whose weight files are smaller than this is "small": one process per core.
 SMALL_MODEL_BYTES = 500 * 2**20
@@ -171,22 +185,18 @@ class Outcome:
     same_cause: str | None = None
 
 
-def run_workers(args: argparse.Namespace, build: Callable[[argparse.Namespace], Plan],
-                plan: Plan, count: int, threads: int, samples: int, console: Console,
-                progress: Any) -> Outcome:
-    """Run ``count`` workers, each ``build(args)``-ing the run again and evaluating its shard.
+def run_workers(build: Callable[[RunSpec], Plan], plan: Plan, count: int, threads: int,
+                samples: int, reporter: Reporter) -> Outcome:
+    """Run ``count`` workers, each ``build``-ing ``plan.spec``'s plan again and evaluating
+    its shard.
 
-    ``build`` must be a module-level function (it is pickled by name). ``progress`` is a
-    rich ``Progress`` (entered by the caller's ``with``) showing one task per model over
-    all ``samples``; failures the workers print go to ``console``.
+    ``build`` must be a module-level function (it is pickled by name). ``reporter`` shows
+    one bar per model over all ``samples``, and the failures and notes the workers send.
     """
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
-    style = {"color_system": console.color_system, "width": console.width}
-    tasks = [progress.add_task(f"{label} · {plan.dataset.name}", total=samples)
-             for label in plan.labels]
     processes = [context.Process(target=_work, name=f"mmxai-worker-{i}", daemon=True,
-                                 args=(build, args, i, count, threads, messages, style,
+                                 args=(build, plan.spec, i, count, threads, messages,
                                        os.getpid()))
                  for i in range(count)]
     summaries: list[list[Summary]] = [[] for _ in plan.models]
@@ -196,9 +206,11 @@ def run_workers(args: argparse.Namespace, build: Callable[[argparse.Namespace], 
     def handle(message: tuple) -> None:
         kind, worker, *rest = message
         if kind == "sample":
-            progress.advance(tasks[rest[0]])
-        elif kind == "print":
-            console.print(Text.from_ansi(rest[0].rstrip("\n")), soft_wrap=True)
+            reporter.sample_done(rest[0])
+        elif kind == "failed":
+            reporter.failed(*rest)
+        elif kind == "note":
+            reporter.note(rest[0])
         elif kind == "summary":
             summaries[rest[0]].append(rest[1])
         elif kind == "error":
@@ -206,31 +218,33 @@ def run_workers(args: argparse.Namespace, build: Callable[[argparse.Namespace], 
             if len(rest) > 1 and rest[1]:
                 user_errors[worker] = rest[0]
 
-    try:
-        for process in processes:
-            process.start()
-        while any(process.is_alive() for process in processes):
-            try:
-                handle(messages.get(timeout=0.2))
-            except queue_module.Empty:
-                continue
-        while True:  # what the last workers sent just before they exited
-            try:
-                handle(messages.get(timeout=0.2))
-            except queue_module.Empty:
-                break
-    finally:
-        for process in processes:
-            if process.is_alive():  # the parent was interrupted
-                process.terminate()
-            process.join()
+    bars = [f"{label} · {plan.dataset.name}" for label in plan.labels]
+    with reporter.progress(*bars, total=samples):
+        try:
+            for process in processes:
+                process.start()
+            while any(process.is_alive() for process in processes):
+                try:
+                    handle(messages.get(timeout=0.2))
+                except queue_module.Empty:
+                    continue
+            while True:  # what the last workers sent just before they exited
+                try:
+                    handle(messages.get(timeout=0.2))
+                except queue_module.Empty:
+                    break
+        finally:
+            for process in processes:
+                if process.is_alive():  # the parent was interrupted
+                    process.terminate()
+                process.join()
     crashed = [f"worker {i}/{count}: {errors.get(i) or _exit_cause(p.exitcode)}"
                for i, p in enumerate(processes) if p.exitcode != 0 or i in errors]
     causes = set(user_errors.values())
     same = causes.pop() if len(user_errors) == count and len(causes) == 1 else None
     return Outcome([merge(s) if len(s) == count else None for s in summaries],
-                   [args.out / Shard(i, count).store_name() for i in range(count)], crashed,
-                   same)
+                   [plan.spec.out / Shard(i, count).store_name() for i in range(count)],
+                   crashed, same)
 
 
 def merge(summaries: Sequence[Summary]) -> Summary:
@@ -255,22 +269,20 @@ def _exit_cause(code: int | None) -> str:
 
 
 # -- a worker --------------------------------------------------------------------------------
-class _Lines:
-    """A text file for a rich Console that sends what is written to the parent."""
+class _ToParent(Reporter):
+    """A worker's reporter: what the evaluator says of model ``model`` goes to the parent."""
 
-    def __init__(self, messages: Any, worker: int) -> None:
-        self.messages, self.worker = messages, worker
+    def __init__(self, messages: Any, worker: int, model: int) -> None:
+        self.messages, self.worker, self.model = messages, worker, model
 
-    def write(self, text: str) -> int:
-        if text:
-            self.messages.put(("print", self.worker, text))
-        return len(text)
+    def sample_done(self, bar: int = 0) -> None:
+        self.messages.put(("sample", self.worker, self.model))
 
-    def flush(self) -> None:
-        pass
+    def failed(self, error: str, where: Sequence[str]) -> None:
+        self.messages.put(("failed", self.worker, error, list(where)))
 
-    def isatty(self) -> bool:
-        return False
+    def note(self, text: str) -> None:
+        self.messages.put(("note", self.worker, text))
 
 
 def _cause(exc: BaseException) -> str:
@@ -311,24 +323,20 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="mmxai-parent-watch", daemon=True).start()
 
 
-def _work(build: Callable[[argparse.Namespace], Plan], args: argparse.Namespace, index: int,
-          count: int, threads: int, messages: Any, style: dict[str, Any],
-          parent: int | None = None) -> None:
+def _work(build: Callable[[RunSpec], Plan], spec: RunSpec, index: int, count: int,
+          threads: int, messages: Any, parent: int | None = None) -> None:
     """Worker ``index``: shard ``index/count`` of every model into its own store."""
     if parent is not None:
         _die_with_parent(parent)
     torch.set_num_threads(threads)
     try:
-        plan = build(args)
+        plan = build(spec)
         shard = Shard(index, count)
-        console = Console(file=_Lines(messages, index), soft_wrap=True,
-                          force_terminal=style["color_system"] is not None, **style)
-        with ResultStore(args.out / shard.store_name()) as store:
-            for number, (spec, label) in enumerate(zip(plan.models, plan.labels, strict=True)):
-                evaluator = plan.evaluator(
-                    store, shard, console=console, progress=False,
-                    on_sample=lambda _, n=number: messages.put(("sample", index, n)))
-                model = plan.open(spec)
+        with ResultStore(spec.out / shard.store_name()) as store:
+            for number, (model_spec, label) in enumerate(zip(plan.models, plan.labels,
+                                                             strict=True)):
+                evaluator = plan.evaluator(store, shard, _ToParent(messages, index, number))
+                model = plan.open(model_spec)
                 messages.put(("summary", index, number, evaluator.run(model, label)))
                 del model
     except KeyboardInterrupt:

@@ -18,7 +18,9 @@ identity, in one of two ways (docs/evaluator.md, "What a stored result is keyed 
   (:data:`IDENTITY`) when a run resumes into a store: a change is refused with a line naming
   what changed, never mixed with the stored rows.
 
-The rest of a record (versions, device, shard, batch) is informative.
+The rest of a record (versions, device, shard, and ``run``: the whole
+:class:`~mmxai.evaluation.spec.RunSpec`, batch size and statistics included) is
+informative.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 
 import mmxai
 from mmxai.dataset import Dataset
+from mmxai.evaluation.spec import RunSpec
 from mmxai.model import Model
 
 #: Fields that must not change when a run is resumed into the same store (the key's own
@@ -187,18 +190,18 @@ def dataset_options(dataset: Dataset) -> dict[str, Any]:
     return jsonable({k: v for k, v in options.items() if v is not None})
 
 
-def run_settings(*, method: Any, dataset: Dataset, max_new_tokens: int, min_new_tokens: int,
-                 words: Any, seed: int, dtype: str) -> dict[str, Any]:
-    """What a run's ``options_hash`` covers: the command line's choices."""
+def run_settings(method: Any, dataset: Dataset, spec: RunSpec, dtype: str) -> dict[str, Any]:
+    """What a run's ``options_hash`` covers: the command line's choices for ``method``, with
+    ``dtype`` the model's (the checkpoint's under ``--dtype auto``)."""
     return {
         "method": method.name,
         "version": str(getattr(method, "version", "1")),
         "options": jsonable(method.describe_options()),
         "dataset_options": dataset_options(dataset),
-        "max_new_tokens": max_new_tokens,
-        "min_new_tokens": min_new_tokens,
-        "words": None if words is None else jsonable(dataclasses.asdict(words)),
-        "seed": seed,
+        "max_new_tokens": spec.generation.max_new_tokens,
+        "min_new_tokens": spec.generation.min_new_tokens,
+        "words": None if spec.words is None else jsonable(dataclasses.asdict(spec.words)),
+        "seed": spec.seed,
         "dtype": dtype,
     }
 
@@ -208,36 +211,50 @@ def prompt_hash(prompt: str) -> str:
     return _sha(prompt)[:16]
 
 
-def record(*, model: Model, model_label: str, weights: str, identity: dict[str, Any],
-           dataset: Dataset, fingerprint: str | None, settings: dict[str, Any],
-           metrics: dict[str, dict[str, Any]], device: str, shard: str) -> dict[str, Any]:
+def run_record(model: Model, label: str, dataset: Dataset, spec: RunSpec,
+               metrics: dict[str, dict[str, Any]], shard: str) -> dict[str, Any]:
+    """What the records of one model's run share, whatever the method: versions, the model
+    (its weights are hashed: seconds per GB, so once per run), the dataset, the metrics, the
+    device, the shard, and the whole run specification (``run``)."""
     import transformers
 
+    device = str(model.device)
+    if model.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(model.device)})"
     return {
         "mmxai": mmxai.__version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        "model": model_label,
+        "model": label,
         "model_id": model.model_id,
         "architecture": type(model.hf).__name__,
-        "dtype": settings["dtype"],
-        "weights": weights,
-        **identity,
+        "weights": weights_id(model),
+        **model_identity(model),
         "dataset": dataset.name,
         "dataset_root": str(dataset.root) if dataset.root is not None else None,
-        "dataset_fingerprint": fingerprint,
+        "dataset_fingerprint": dataset_fingerprint(dataset),
+        "metrics": metrics,
+        "device": device,
+        "shard": shard,
+        "run": spec.to_dict(),
+    }
+
+
+def record(run: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """One method's record: its run's (:func:`run_record`) with the settings its key hashes
+    (:func:`run_settings`)."""
+    return {
+        **run,
+        "dtype": settings["dtype"],
         "dataset_options": settings["dataset_options"],
         "method": settings["method"],
         "method_version": settings["version"],
         "method_options": settings["options"],
         "words": settings["words"],
-        "metrics": metrics,
         "max_new_tokens": settings["max_new_tokens"],
         "min_new_tokens": settings["min_new_tokens"],
         "seed": settings["seed"],
-        "device": device,
-        "shard": shard,
     }
 
 

@@ -110,6 +110,10 @@ class RunKey:
     method: str
     options_hash: str
 
+    def values(self) -> tuple[str, str, str, str]:
+        """The key's columns, in the tables' order."""
+        return self.model, self.dataset, self.method, self.options_hash
+
 
 @dataclass(frozen=True)
 class Row:
@@ -280,12 +284,8 @@ class ResultStore:
         db = self._writable()
         rows = list(rows)
         now = time.time()
-        values = [
-            (r.key.model, r.key.dataset, r.key.method, r.key.options_hash, r.sample_id,
-             r.metric, r.status, None if r.parts is None else json.dumps(r.parts),
-             r.error, now)
-            for r in rows
-        ]
+        values = [(*r.key.values(), r.sample_id, r.metric, r.status,
+                   None if r.parts is None else json.dumps(r.parts), r.error, now) for r in rows]
         with db:
             for row, value in zip(rows, values, strict=True):
                 if row.attempt <= 1:
@@ -318,22 +318,16 @@ class ResultStore:
             db.executemany(
                 f"INSERT INTO prompts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT ({_KEY}, "
                 "sample_id) DO NOTHING",
-                [(k.model, k.dataset, k.method, k.options_hash, sample_id, prompt)
-                 for k in keys])
+                [(*k.values(), sample_id, prompt) for k in keys])
 
     def add_provenance(self, key: RunKey, record: dict[str, Any]) -> dict[str, Any]:
         """Store the provenance of ``key`` unless one is stored; return the stored record."""
         db = self._writable()
         with db:
-            db.execute(
-                "INSERT OR IGNORE INTO provenance VALUES (?, ?, ?, ?, ?, ?)",
-                (key.model, key.dataset, key.method, key.options_hash,
-                 json.dumps(record, sort_keys=True), time.time()),
-            )
-        stored = db.execute(
-            f"SELECT record FROM provenance WHERE {_WHERE_KEY}",
-            (key.model, key.dataset, key.method, key.options_hash),
-        ).fetchone()
+            db.execute("INSERT OR IGNORE INTO provenance VALUES (?, ?, ?, ?, ?, ?)",
+                       (*key.values(), json.dumps(record, sort_keys=True), time.time()))
+        stored = db.execute(f"SELECT record FROM provenance WHERE {_WHERE_KEY}",
+                            key.values()).fetchone()
         return json.loads(stored[0])
 
     # -- reading -------------------------------------------------------------------------
@@ -341,9 +335,7 @@ class ResultStore:
         """sample id -> the metrics stored for ``key`` (whatever their status; without the
         failed ones if ``retry_failed``: those are to be computed again)."""
         cursor = self.db.execute(
-            f"SELECT sample_id, metric, status FROM results WHERE {_WHERE_KEY}",
-            (key.model, key.dataset, key.method, key.options_hash),
-        )
+            f"SELECT sample_id, metric, status FROM results WHERE {_WHERE_KEY}", key.values())
         done: dict[str, set[str]] = {}
         for sample_id, metric, status in cursor:
             if retry_failed and status == "failed":
@@ -356,9 +348,7 @@ class ResultStore:
         failed (a retry writes attempt + 1)."""
         cursor = self.db.execute(
             f"SELECT sample_id, metric, {self._attempt()} FROM results r WHERE {_WHERE_KEY} "
-            "AND status='failed'",
-            (key.model, key.dataset, key.method, key.options_hash),
-        )
+            "AND status='failed'", key.values())
         failed: dict[str, dict[str, int]] = {}
         for sample_id, metric, attempt in cursor:
             failed.setdefault(sample_id, {})[metric] = int(attempt)
@@ -368,11 +358,8 @@ class ResultStore:
         """sample id -> the hash of the prompt its stored rows for ``key`` were made with."""
         if self.schema == "1":
             return {}
-        cursor = self.db.execute(
-            f"SELECT sample_id, prompt FROM prompts WHERE {_WHERE_KEY}",
-            (key.model, key.dataset, key.method, key.options_hash),
-        )
-        return dict(cursor.fetchall())
+        return dict(self.db.execute(
+            f"SELECT sample_id, prompt FROM prompts WHERE {_WHERE_KEY}", key.values()))
 
     def _attempt(self) -> str:
         """SQL: the attempt number of a row ``r`` of ``results`` (1 + its history)."""
@@ -384,35 +371,29 @@ class ResultStore:
 
     def rows(self) -> Iterator[Row]:
         """The newest attempt of every (key, sample, metric), with its attempt number."""
-        cursor = self.db.execute(
+        yield from map(_row, self.db.execute(
             "SELECT r.model, r.dataset, r.method, r.options_hash, r.sample_id, r.metric, "
             f"r.status, r.parts, r.error, r.created, {self._attempt()} FROM results r "
-            "ORDER BY r.model, r.dataset, r.method, r.options_hash, r.sample_id, r.metric"
-        )
-        for (model, dataset, method, options_hash, sample_id, metric, status, parts, error,
-             created, attempt) in cursor:
-            yield Row(RunKey(model, dataset, method, options_hash), sample_id, metric, status,
-                      None if parts is None else json.loads(parts), error, int(attempt),
-                      float(created))
+            "ORDER BY r.model, r.dataset, r.method, r.options_hash, r.sample_id, r.metric"))
 
     def history(self) -> Iterator[Row]:
         """Superseded attempts (failures retried since), oldest first."""
         if self.schema == "1":
             return
-        cursor = self.db.execute(
+        yield from map(_row, self.db.execute(
             f"SELECT {_ROW_KEY}, status, parts, error, created, attempt FROM history "
-            f"ORDER BY {_ROW_KEY}, attempt")
-        for (model, dataset, method, options_hash, sample_id, metric, status, parts, error,
-             created, attempt) in cursor:
-            yield Row(RunKey(model, dataset, method, options_hash), sample_id, metric, status,
-                      None if parts is None else json.loads(parts), error, int(attempt),
-                      float(created))
+            f"ORDER BY {_ROW_KEY}, attempt"))
 
     def provenance(self) -> dict[RunKey, dict[str, Any]]:
-        cursor = self.db.execute(
-            "SELECT model, dataset, method, options_hash, record FROM provenance"
-        )
-        return {RunKey(m, d, me, o): json.loads(r) for m, d, me, o, r in cursor}
+        cursor = self.db.execute(f"SELECT {_KEY}, record FROM provenance")
+        return {RunKey(*values[:4]): json.loads(values[4]) for values in cursor}
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+
+def _row(values: tuple) -> Row:
+    """A row from the columns (key, sample, metric, status, parts, error, created, attempt)."""
+    sample_id, metric, status, parts, error, created, attempt = values[4:]
+    return Row(RunKey(*values[:4]), sample_id, metric, status,
+               None if parts is None else json.loads(parts), error, int(attempt), float(created))

@@ -1,0 +1,170 @@
+"""What a run is: its settings as one frozen object, and which of its samples a process takes.
+
+:class:`RunSpec` is read once from ``mmxai compare``'s arguments
+(:func:`mmxai.commands.compare.run_spec`) and carried whole: into the plan that builds the
+dataset, methods and metrics, into worker processes (it pickles), into the
+:class:`~mmxai.evaluation.evaluator.Evaluator`, into each run key's ``options_hash``
+(:func:`mmxai.evaluation.provenance.run_settings` hashes the part that changes results)
+and, whole, into every provenance record (``run``, :meth:`RunSpec.to_dict`). Its values are
+checked once, here, when it is made (inseq's typed argument dataclasses are the model).
+
+:class:`Shard` is not part of the spec: it says which part of the samples one process
+evaluates (``--shard``, torchrun's ``RANK``, a worker's index), so shards of one run share
+one spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmxai.errors import InputError, MMXAIError
+from mmxai.words import WordOptions
+
+
+def default_batch(device: torch.device) -> int:
+    """Samples per ``generate`` call when no batch size is given (docs/benchmarks.md).
+
+    On CUDA, 8: a decoding step costs about the same for 8 sequences as for one. On CPU, 1:
+    batching speeds generation 2-2.6x there too, but CPU runs are the tests, the demos and
+    the reproducibility checks, and only one sample at a time keeps every sample's numbers
+    independent of which samples shared its batch (bit-identical shards and resumptions).
+    """
+    return 8 if device.type == "cuda" else 1
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a run evaluates, by name as the command line gives it; the command's plan builds
+    the objects (and fills in the defaults: the bundled benchmark, every registered method
+    or metric)."""
+
+    models: tuple[str, ...] = ()  # --model specs; none: the dataset's default_model
+    dataset: str | None = None  # a registered name; None: the bundled benchmark
+    data_root: Path | None = None
+    methods: tuple[str, ...] = ()  # none: every registered method
+    metrics: tuple[str, ...] = ()  # none: every registered metric
+    options: tuple[str, ...] = ()  # NAME.KEY=VALUE, read against each plugin's options
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How the answers are generated: greedily, ``min_new_tokens`` (no EOS before) to
+    ``max_new_tokens`` tokens, with the model in ``dtype`` (``auto``: the checkpoint's)."""
+
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError("--max-new-tokens must be at least 1")
+
+    def kwargs(self) -> dict[str, int]:
+        """What :func:`~mmxai.trace.generate_traces` takes besides the inputs and needs."""
+        return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Every setting of a run, checked once.
+
+    ``words`` are the options of :func:`mmxai.words.words_from_trace` (None: its defaults).
+    ``batch_size`` samples share one ``generate`` call (None: :func:`default_batch` for the
+    model's device). ``bootstrap`` resamples give the leaderboard's intervals, seeded by
+    ``seed``, which also reseeds every step of every sample. ``limit`` keeps the first
+    samples (before sharding). ``retry`` computes again what is stored as ``failed``;
+    ``keep_going`` runs on when the first samples all fail alike in the model. ``device``
+    and ``trust_remote_code`` say how models are opened, ``out`` where results go.
+    """
+
+    selection: Selection = field(default_factory=Selection)
+    generation: Generation = field(default_factory=Generation)
+    words: WordOptions | None = None
+    batch_size: int | None = 1
+    seed: int = 0
+    bootstrap: int = 1000
+    limit: int | None = None
+    retry: bool = True
+    keep_going: bool = False
+    device: str = "auto"
+    trust_remote_code: bool = False
+    out: Path = Path("mmxai-results")
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise InputError("--limit must be at least 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError("--batch must be at least 1")
+
+    def batch_for(self, device: torch.device) -> int:
+        """Samples per ``generate`` call on ``device``."""
+        return self.batch_size or default_batch(device)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON (tuples as lists, paths as strings): what provenance
+        stores; :meth:`from_dict` reads it back."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        """The spec :meth:`to_dict` gave."""
+        selection = _tuples(data["selection"])
+        if selection["data_root"] is not None:
+            selection["data_root"] = Path(selection["data_root"])
+        words = None if data["words"] is None else WordOptions(**_tuples(data["words"]))
+        rest = {k: v for k, v in data.items() if k not in ("selection", "generation", "words")}
+        return cls(Selection(**selection), Generation(**data["generation"]), words,
+                   **{**rest, "out": Path(rest["out"])})
+
+
+def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the samples whose dataset index is ``index`` mod ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise MMXAIError(f"shard {self.index}/{self.count}: need 0 <= i < n")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/n"`` (0-based i)."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise MMXAIError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+        return cls(index, count)
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        """From ``RANK`` and ``WORLD_SIZE`` as torchrun and accelerate set them; else 0/1."""
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None:
+            return cls()
+        return cls(int(rank), int(world))
+
+    def selects(self, index: int) -> bool:
+        return index % self.count == self.index
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def store_name(self) -> str:
+        if self.count == 1:
+            return "results.sqlite"
+        return f"results-shard{self.index}-of{self.count}.sqlite"
