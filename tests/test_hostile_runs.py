@@ -526,3 +526,51 @@ def test_a_metric_whose_version_changed_is_refused_on_resume(tmp_path, capsys, m
     line = refused(*compare(capsys, *run))
     assert "metric seconds-per-token version (1 -> 2)" in line and "new --out" in line
     assert stored(out / "results.sqlite") == before
+
+
+# -- audit findings: merging setups, negative seeds, worker layouts ---------------------------
+def test_the_leaderboard_refuses_to_merge_stores_of_different_datasets(tmp_path, capsys):
+    roots = [write_coco_fixture(tmp_path / f"coco{i}")["root"] for i in (1, 2)]
+    image = Path(roots[1]) / "image" / f"{42:012d}.jpg"
+    image.write_bytes(image.read_bytes() + b"\0")  # another file under the same name
+    outs = [tmp_path / f"out{i}" for i in (1, 2)]
+    for root, out in zip(roots, outs, strict=True):
+        assert compare(capsys, "--model", TINY, "--dataset", "coco-caption", "--data-root",
+                       root, *CHEAP, "--out", out)[0] == 0
+    before = [digest(out / "results.sqlite") for out in outs]
+    line = refused(*board(capsys, *outs, "--out", tmp_path / "merged"))
+    assert "dataset_fingerprint" in line and "cannot be merged" in line
+    assert [digest(out / "results.sqlite") for out in outs] == before
+    assert not (tmp_path / "merged" / "leaderboard.md").exists()
+    # the same run's stores still merge (a copy of one is the same setup)
+    shutil.copy(outs[0] / "results.sqlite", tmp_path / "copy.sqlite")
+    assert board(capsys, outs[0], tmp_path / "copy.sqlite", "--out", tmp_path / "m2")[0] == 0
+
+
+def test_negative_seed_and_bootstrap_are_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    from mmxai.commands import compare as compare_command
+
+    monkeypatch.setattr(compare_command.Plan, "open",
+                        lambda *_: pytest.fail("the model was opened"))
+    for flag in (["--seed", "-1"], ["--bootstrap", "-5"]):
+        line = refused(*compare(capsys, "--model", TINY, "--dataset", "synthetic", "--limit",
+                                "1", *CHEAP, *flag, "--out", tmp_path / "out"))
+        assert flag[0] in line and ">= 0" in line
+
+
+def test_leaderboard_refuses_a_negative_bootstrap(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert compare(capsys, "--model", TINY, "--dataset", "synthetic", "--limit", "1", *CHEAP,
+                   "--out", out)[0] == 0
+    line = refused(*board(capsys, out, "--bootstrap", "-5"))
+    assert "bootstrap resamples -5" in line
+
+
+def test_another_worker_count_says_it_computes_again(tmp_path, capsys):
+    out = tmp_path / "out"
+    run = ["--model", TINY, "--dataset", "synthetic", "--limit", "2", *CHEAP, "--out", out]
+    assert compare(capsys, *run, "--workers", "1")[0] == 0
+    code, printed, err = compare(capsys, *run, "--workers", "2")
+    assert code == 0, err
+    assert "holds the stores of a run with 1 worker(s); this run uses 2" in printed
+    assert "--workers 1 resumes them" in printed

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from mmxai.api import make_method
 from mmxai.cli import error
@@ -227,6 +228,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         count = workers.auto_workers(plan.models, plan.device, samples, spec.out)
     count = max(1, min(count, samples))  # a worker without samples would only load the model
+    stored = workers.stored_layout(spec.out)
+    if not sharded and stored is not None and stored != count:
+        # Each worker layout keeps its own stores: say so rather than recompute in silence.
+        console.print(f"[yellow]note:[/] {escape(str(spec.out))} holds the stores of a run with "
+                      f"{stored} worker(s); this run uses {count} and computes their samples "
+                      f"again (the leaderboard counts each once): --workers {stored} resumes "
+                      "them instead", soft_wrap=True)
     if threads is None:
         threads = workers.auto_threads(count, workers.is_small(plan.models))
     if threads is not None:

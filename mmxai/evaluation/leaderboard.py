@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mmxai.errors import MMXAIError, UnknownNameError
+from mmxai.evaluation import provenance
 from mmxai.evaluation.stats import Scorer, bootstrap_ci, paired_permutation_p
 from mmxai.evaluation.store import ResultStore, Row, RunKey
 from mmxai.metric import Metric, Parts
@@ -83,7 +84,10 @@ def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, An
     several stores is kept once, its newest attempt (then the latest written): a sample is
     never counted twice, whatever overlaps between shards or copies, and a failure retried
     in one copy counts as retried. An ``ok`` row whose parts are not finite numbers (stores
-    written before mmxai checked them) counts as failed, with that cause.
+    written before mmxai checked them) counts as failed, with that cause. Stores whose
+    results of one run key were made from different things (another dataset's files, other
+    weights, another processor: :data:`~mmxai.evaluation.provenance.IDENTITY`) are refused:
+    merging them would pool samples of two setups into one row.
     """
     files: list[Path] = []
     for path in map(Path, paths):
@@ -97,8 +101,11 @@ def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, An
         raise MMXAIError(f"no results store (*.sqlite) in {', '.join(map(str, paths))}")
     rows: dict[tuple[RunKey, str, str], Row] = {}
     records: dict[str, dict[str, Any]] = {}
+    first: dict[RunKey, tuple[Path, dict[str, Any]]] = {}
     for file in {f.resolve(): f for f in files}.values():  # each file once
         with ResultStore(file, read_only=True) as store:
+            for key, record in store.provenance().items():
+                _check_same_setup(key, file, record, first.setdefault(key, (file, record)))
             for row in store.rows():
                 index = (row.key, row.sample_id, row.metric)
                 kept = rows.get(index)
@@ -108,6 +115,18 @@ def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, An
                 record = {**record, "options_hash": key.options_hash}
                 records.setdefault(repr(sorted(record.items(), key=str)), record)
     return list(rows.values()), list(records.values())
+
+
+def _check_same_setup(key: RunKey, file: Path, record: dict[str, Any],
+                      seen: tuple[Path, dict[str, Any]]) -> None:
+    """Refuse to merge ``file``'s results of ``key`` with another store's made otherwise."""
+    other, stored = seen
+    changed = provenance.mismatch(stored, record)
+    if changed:
+        raise MMXAIError(
+            f"{other} and {file} hold results of {key.model} / {key.dataset} / {key.method} "
+            f"made with another {', '.join(changed)}: they are not one run and cannot be "
+            "merged into one table; make a leaderboard of each")
 
 
 def _finite(row: Row) -> Row:
@@ -159,6 +178,9 @@ def _labels(keys: Sequence[RunKey]) -> dict[RunKey, str]:
 
 def build(rows: Sequence[Row], provenance: Sequence[dict[str, Any]], n_boot: int = 1000,
           seed: int = 0) -> Leaderboard:
+    if n_boot < 0 or seed < 0:
+        raise MMXAIError(f"bootstrap resamples {n_boot} and seed {seed}: expected whole "
+                         "numbers >= 0")
     ok: dict[tuple[RunKey, str], dict[str, Parts]] = {}
     failed: dict[tuple[RunKey, str], set[str]] = {}
     for row in rows:

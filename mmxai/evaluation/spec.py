@@ -101,6 +101,10 @@ class RunSpec:
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise InputError("--limit must be at least 1")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise InputError(f"--seed {self.seed}: expected a whole number >= 0")
+        if self.bootstrap < 0:
+            raise InputError(f"--bootstrap {self.bootstrap}: expected a whole number >= 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch must be at least 1")
 
