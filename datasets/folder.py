@@ -43,11 +43,13 @@ from mmxai.dataset import Sample
 from mmxai.datasets.tam_formats import (
     COCO_PROMPT,
     FileDataset,
+    bad_label,
     file_fingerprint,
     is_whole,
     kind,
     not_utf8,
     read_json,
+    repeated_key,
     show,
     show_bytes,
 )
@@ -194,11 +196,17 @@ class ImageFolder(FileDataset):
         if self.coco_path is not None:
             return dict(self._load_coco().categories)
         if isinstance(self._categories_option, dict):
-            return dict(self._categories_option)  # typed by the options: str -> int
+            table = self._categories_option  # typed by the options: str -> int
+            for name, label in table.items():
+                if bad_label(label):
+                    raise InputError(f"folder categories: the label of {name!r} is "
+                                     f"{label}, {bad_label(label)}")
+            return dict(table)
         path = self._categories_file()
         if path is None:
             return {}
-        table = read_json(path, "folder categories")  # strict UTF-8: names meet words
+        # strict UTF-8 (names meet words), and a name given twice refuses the file
+        table = read_json(path, "folder categories")
         if not isinstance(table, dict):
             raise InputError(f"folder categories: {path} holds {kind(table)}, expected an "
                              "object mapping each name to its label")
@@ -207,6 +215,9 @@ class ImageFolder(FileDataset):
                 raise InputError(f"folder categories: {path}: the label of {name!r} is "
                                  f"{show(label)}, expected a whole number (its value in "
                                  "the masks)")
+            if bad_label(label):
+                raise InputError(f"folder categories: {path}: the label of {name!r} is "
+                                 f"{show(label)}, {bad_label(label)}")
         return dict(table)
 
     def _mask_for(self, image: Path) -> tuple[Path, str | None]:
@@ -227,11 +238,17 @@ class ImageFolder(FileDataset):
                 self._mask_names.setdefault(entry.stem, []).append(entry.name)
         names = sorted(self._mask_names.get(image.stem, []))
         pngs = [n for n in names if Path(n).suffix.lower() == ".png"]
-        if os.path.islink(exact):
-            return exact, (f"mask {exact} is a broken symbolic link (to "
-                           f"{os.readlink(exact)})")
-        if len(pngs) == 1 and (self.masks / pngs[0]).is_file():
-            return self.masks / pngs[0], None  # masks/cat.PNG
+        if os.path.lexists(exact) or len(pngs) == 1:
+            # One entry has the mask's name (masks/cat.png or masks/cat.PNG) but is not a
+            # regular file: say what it is. A FIFO or a device is left to the mask reader,
+            # which refuses it without opening it.
+            found = exact if os.path.lexists(exact) else self.masks / pngs[0]
+            if os.path.isdir(found):
+                return found, f"mask {found} is a folder, not a file"
+            if os.path.islink(found) and not os.path.exists(found):
+                return found, (f"mask {found} is a broken symbolic link (to "
+                               f"{os.readlink(found)})")
+            return found, None
         if pngs:
             return exact, f"several masks for {image.name} in {self.masks}: {', '.join(pngs)}"
         if names:
@@ -338,6 +355,9 @@ def _read_coco(path: Path) -> _CocoTruth:
             raise InputError(f"{what}: {path}: '{key}' is {kind(data[key])}, expected a list")
     if "images" not in data:
         raise InputError(f"{what}: {path} has no 'images' list")
+    if not data["images"]:
+        raise InputError(f"{what}: {path} describes no image (its 'images' is empty): no "
+                         "image of the folder would have a mask")
     images, annotations = data["images"], data.get("annotations", [])
     categories = data.get("categories", [])
     if annotations and not categories:
@@ -346,9 +366,14 @@ def _read_coco(path: Path) -> _CocoTruth:
     names: dict[str, int] = {}
     for k, cat in enumerate(categories):
         where = f"{what}: {path.name} categories[{k}]"
+        if repeated_key(cat):
+            raise InputError(f"{where} gives {repeated_key(cat)}")
         if not (isinstance(cat, dict) and is_whole(cat.get("id"))
                 and isinstance(cat.get("name"), str)):
             raise InputError(f"{where} is not {{'id': integer, 'name': string}}: {show(cat)}")
+        if bad_label(cat["id"]):
+            raise InputError(f"{where} ({show_bytes(cat['name'])}) has id {cat['id']}, "
+                             f"{bad_label(cat['id'])}")
         if not_utf8(cat["name"]):
             raise InputError(f"{where}: name {show_bytes(cat['name'])} is not UTF-8 text")
         if cat["name"] in names or cat["id"] in names.values():
@@ -359,6 +384,10 @@ def _read_coco(path: Path) -> _CocoTruth:
     by_name: dict[str, list[int]] = {}
     for i, record in enumerate(images):
         file_name = record.get("file_name") if isinstance(record, dict) else None
+        if repeated_key(record, key="file_name"):
+            raise InputError(f"{what}: {path.name} images[{i}] gives "
+                             f"{repeated_key(record, key='file_name')}; cannot tell which "
+                             "image it describes")
         if not isinstance(file_name, str) or not Path(file_name).name:
             raise InputError(f"{what}: {path.name} images[{i}] has no file_name "
                              f"({show(record)}); cannot tell which image it describes")
@@ -373,6 +402,8 @@ def _read_coco(path: Path) -> _CocoTruth:
         if len(indices) > 1:
             truth.errors[name] = (f"{name} is described twice in {path.name} ("
                                   f"{', '.join(f'images[{i}]' for i in indices)})")
+        elif repeated_key(record):
+            truth.errors[name] = f"{where} gives {repeated_key(record)}"
         elif not is_whole(record.get("id")):
             truth.errors[name] = f"{where} has id {show(record.get('id'))}, expected an integer"
         elif not (is_whole(height) and is_whole(width) and height > 0 and width > 0):
@@ -393,11 +424,17 @@ def _read_coco(path: Path) -> _CocoTruth:
         if not isinstance(ann, dict) or "image_id" not in ann:
             said = "has no 'image_id'" if isinstance(ann, dict) else f"is {kind(ann)}"
             raise InputError(f"{what}: {where} {said}; cannot tell which image it belongs to")
+        if repeated_key(ann, key="image_id"):
+            raise InputError(f"{what}: {where} gives {repeated_key(ann, key='image_id')}; "
+                             "cannot tell which image it belongs to")
         name = owner.get(json.dumps(ann["image_id"]))
         if name is None or name in truth.errors:
             continue  # an image not described here, or one whose mask fails already
         segmentation = ann.get("segmentation")
-        if ann.get("category_id") not in names.values() or not is_whole(ann["category_id"]):
+        if repeated_key(ann):
+            truth.errors[name] = f"{where} ({name}) gives {repeated_key(ann)}"
+        elif (ann.get("category_id") not in names.values()
+              or not is_whole(ann["category_id"])):
             truth.errors[name] = (f"{where} ({name}) has category_id "
                                   f"{show(ann.get('category_id'))}, which is not in "
                                   "categories")

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from mmxai.dataset import Dataset, Sample
+from mmxai.datasets.tam_formats import MAX_LABEL, json_object, repeated_key
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.testbed.scenes import EVAL_SEED, EVAL_SIZE, PROMPT, Scene, generate_scene
@@ -125,6 +126,10 @@ class SyntheticScenes(Dataset):
                 raise InputError(f"dataset 'synthetic': {index} {cause}") from exc
             lines = [_parse_line(number, raw) for number, raw
                      in enumerate(data.split(b"\n"), start=1) if raw.strip()]
+            if not lines:
+                said = "the file is empty" if not data else "it has only blank lines"
+                raise InputError(f"dataset 'synthetic': {index} lists no scene ({said}): "
+                                 "there is no sample to run")
             seen: dict[str, int] = {}
             for line in lines:
                 if line.record is None:
@@ -217,14 +222,14 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "mask": ("a path", lambda v: isinstance(v, str) and bool(v.strip())),
     "prompt": ("a string", lambda v: isinstance(v, str)),
     "caption": ("a string", lambda v: isinstance(v, str)),
-    "word_labels": ("an object of word -> whole number", lambda v: _labels(v)),
-    "categories": ("an object of name -> whole number", lambda v: _labels(v)),
-    "objects": ("a list of objects with a whole-number 'label'",
+    "word_labels": (f"an object of word -> label (1..{MAX_LABEL})", lambda v: _labels(v)),
+    "categories": (f"an object of name -> label (1..{MAX_LABEL})", lambda v: _labels(v)),
+    "objects": (f"a list of objects with a 'label' (1..{MAX_LABEL})",
                 lambda v: isinstance(v, list) and all(
-                    isinstance(o, dict) and _whole(o.get("label")) for o in v)),
+                    isinstance(o, dict) and _label(o.get("label")) for o in v)),
     "seed": ("a whole number", lambda v: _whole(v)),
     "index": ("a whole number", lambda v: _whole(v)),
-    "distractor": ("a whole number or null", lambda v: v is None or _whole(v)),
+    "distractor": (f"a label (1..{MAX_LABEL}) or null", lambda v: v is None or _label(v)),
 }
 
 
@@ -232,8 +237,14 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _label(value: Any) -> bool:
+    """A label of a label map: a category id, 1 to MAX_LABEL (0 is the background; maps are
+    read as int32)."""
+    return _whole(value) and 1 <= value <= MAX_LABEL
+
+
 def _labels(value: Any) -> bool:
-    return isinstance(value, dict) and all(_whole(v) for v in value.values())
+    return isinstance(value, dict) and all(_label(v) for v in value.values())
 
 
 def _parse_line(number: int, raw: bytes) -> _Line:
@@ -246,7 +257,7 @@ def _parse_line(number: int, raw: bytes) -> _Line:
         return _Line(number, fallback, error=f"{where} is not UTF-8 text (byte {exc.start} of "
                                               f"the line is 0x{raw[exc.start]:02x})")
     try:
-        record = json.loads(text)
+        record = json.loads(text, object_pairs_hook=json_object)
     except ValueError as exc:
         cause = (f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError)
                  else str(exc))
@@ -256,7 +267,11 @@ def _parse_line(number: int, raw: bytes) -> _Line:
     if not isinstance(record, dict):
         return _Line(number, fallback, error=f"{where} is not a JSON object")
     ident = record.get("id")
-    sample_id = ident if _FIELDS["id"][1](ident) else fallback
+    repeated = repeated_key(record)
+    sample_id = fallback if repeated_key(record, key="id") or not _FIELDS["id"][1](ident) \
+        else ident
+    if repeated:  # json keeps the last value; which one was meant cannot be told
+        return _Line(number, sample_id, error=f"{where} gives {repeated}")
     missing = [key for key in _FIELDS if key not in record]
     if missing:
         return _Line(number, sample_id, error=f"{where} has no {', '.join(missing)}")

@@ -77,6 +77,68 @@ def _relative(path: Path, root: Path) -> str:
 _NOT_UTF8 = re.compile("[\ud800-\udfff]")
 
 
+#: The largest label: label maps are read as int32 (``mmxai.images.read_label_map``).
+MAX_LABEL = 2**31 - 1
+
+
+class Repeats(dict):
+    """A JSON object that gives a key more than once (``{"dog": 18, "dog": 1}``).
+
+    Python's ``json`` keeps the last value without a word; :func:`read_json` keeps it too, but
+    in this marked dict, so that a reader never uses such an object by guessing which value
+    was meant: ``repeats`` lists each repeated key with its values, in file order.
+    """
+
+    repeats: list[tuple[str, list[Any]]]
+
+
+def json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads``: a dict, or a :class:`Repeats` when a key
+    comes twice."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    values: dict[str, list[Any]] = {}
+    for key, value in pairs:
+        values.setdefault(key, []).append(value)
+    marked = Repeats(obj)
+    marked.repeats = [(key, found) for key, found in values.items() if len(found) > 1]
+    return marked
+
+
+def repeated_key(value: Any, *, deep: bool = True, key: str | None = None) -> str | None:
+    """A key that some JSON object in ``value`` gives twice, said for an error line (``the
+    key 'dog' twice (18 and 1)``), or None. ``deep``: search the objects and lists inside
+    ``value`` too (a record), else only ``value`` itself (a file's top level); ``key``: only
+    that key of ``value`` itself."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Repeats):
+            for name, found in item.repeats:
+                if key is None or name == key:
+                    times = "twice" if len(found) == 2 else f"{len(found)} times"
+                    return (f"the key {show_bytes(name)} {times} "
+                            f"({' and '.join(show(v) for v in found)})")
+        if not deep or key is not None:
+            break
+        if isinstance(item, dict):
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, (dict, list)))
+    return None
+
+
+def bad_label(value: int) -> str | None:
+    """Why the whole number ``value`` cannot be a label, or None: labels are category ids,
+    1 to :data:`MAX_LABEL`. 0 is the background of every label map (TAM's reference also
+    marks a word without a category -1), and the maps are read as 32-bit integers."""
+    if 1 <= value <= MAX_LABEL:
+        return None
+    return (f"outside 1..{MAX_LABEL} (labels are category ids: 0 is the background of a "
+            "label map, and label maps are read as 32-bit integers)")
+
+
 def read_json(path: Path, what: str, *, per_record_encoding: bool = False) -> Any:
     """A JSON file, or an InputError naming the file, what it should be and where it breaks.
 
@@ -85,6 +147,11 @@ def read_json(path: Path, what: str, *, per_record_encoding: bool = False) -> An
     the file: it is kept as a surrogate (``surrogateescape``) and the reader reports it on
     the record that holds it (:func:`not_utf8`); bytes that break the JSON itself still
     refuse the file, with the byte offset.
+
+    An object that gives a key twice is read as a :class:`Repeats`: with
+    ``per_record_encoding`` the reader judges it where it is (the record that holds it
+    fails; :func:`repeated_key`); otherwise (a small table every sample shares) the file is
+    refused, naming the key.
     """
     if not path.is_file():
         raise InputError(f"{what}: {path} does not exist")
@@ -103,7 +170,7 @@ def read_json(path: Path, what: str, *, per_record_encoding: bool = False) -> An
         text = data.decode("utf-8", "surrogateescape")
     start = 1 if text.startswith("\ufeff") else 0
     try:
-        return json.loads(text[start:])
+        value = json.loads(text[start:], object_pairs_hook=json_object)
     except ValueError as exc:
         pos = start + getattr(exc, "pos", 0)
         offset = len(text[:pos].encode("utf-8", "surrogateescape"))
@@ -115,6 +182,13 @@ def read_json(path: Path, what: str, *, per_record_encoding: bool = False) -> An
         raise InputError(f"{what}: {path} is not valid JSON{where}: {cause}{also}") from exc
     except RecursionError as exc:
         raise InputError(f"{what}: {path} nests JSON too deeply to read") from exc
+    # A table every sample shares is refused for a key given twice anywhere; a per-record
+    # file only for its own top-level keys ('images' twice), records being judged one by one.
+    repeated = repeated_key(value, deep=not per_record_encoding)
+    if repeated:
+        raise InputError(f"{what}: {path} gives {repeated} in one object: which is meant "
+                         "cannot be told")
+    return value
 
 
 def not_utf8(text: str) -> bool:
@@ -228,12 +302,18 @@ class CocoCaption(FileDataset):
                      else f"it holds {kind(data)}")
             raise InputError(f"{what}: {self.instances} must be a JSON object whose 'images' "
                              f"is a list of {{'id': integer, ...}}; {found}")
+        if not images:
+            raise InputError(f"dataset 'coco-caption': {self.instances} lists no image (its "
+                             "'images' is empty): there is no sample to run")
         entries, first = [], {}
         for i, record in enumerate(images):
             where = f"{self.instances.name} images[{i}]"
             image_id = record.get("id") if isinstance(record, dict) else None
+            repeated = repeated_key(record)
             if not isinstance(record, dict):
                 error = f"{where} is {kind(record)}, expected an object with an 'id'"
+            elif repeated:
+                error = f"{where} gives {repeated}"
             elif "id" not in record:
                 error = f"{where} has no 'id'"
             elif not is_whole(image_id) or image_id < 0:
@@ -249,10 +329,19 @@ class CocoCaption(FileDataset):
 
     def _references(self, wanted: dict[int, _Entry]) -> None:
         """Attach the captions of the ``wanted`` images. A caption record of a wanted image
-        that is broken (no caption, not a string, bytes that are not UTF-8) fails that
-        sample; the records of other images are not read further (the captions file covers
-        all of val2014); a record that does not say which image it describes refuses the
-        file, since any sample may be the one missing a reference."""
+        that is broken (no caption, not a string, bytes that are not UTF-8, a key given
+        twice) fails that sample; the records of other images are not read further (the
+        captions file covers all of val2014); a record that does not say which image it
+        describes refuses the file, since any sample may be the one missing a reference.
+
+        A record listed twice (the same ``id``, ``image_id`` and caption; or, both without
+        an ``id``, the same ``image_id`` and caption) is one annotation, hence one
+        reference. Records that differ in any of these are distinct references: two
+        annotators may write the same sentence (different ids), and a file may reuse an id
+        for two captions (the records still say two different things, and neither is
+        dropped). An image with no caption record has ``references == []``: nothing is
+        read wrongly, and no metric of mmxai scores references (the localisation metrics
+        read the mask)."""
         what = "COCO captions"
         data = read_json(self.captions, what, per_record_encoding=True)
         annotations = data.get("annotations") if isinstance(data, dict) else None
@@ -262,9 +351,13 @@ class CocoCaption(FileDataset):
                      if isinstance(data, dict) else f"it holds {kind(data)}")
             raise InputError(f"{what}: {self.captions} must be a JSON object whose "
                              f"'annotations' is a list of {{'image_id', 'caption'}}; {found}")
+        seen: dict[int, set[tuple[str | None, str]]] = {}  # image id -> (id, caption) read
         for j, record in enumerate(annotations):
             where = f"{self.captions.name} annotations[{j}]"
             image_id = record.get("image_id") if isinstance(record, dict) else None
+            if repeated_key(record, key="image_id"):
+                raise InputError(f"{what}: {where} gives {repeated_key(record, key='image_id')}"
+                                 "; cannot tell which image it describes")
             if not is_whole(image_id):
                 said = ("is " + kind(record) if not isinstance(record, dict) else
                         "has no 'image_id'" if "image_id" not in record else
@@ -275,7 +368,10 @@ class CocoCaption(FileDataset):
             if entry is None:
                 continue
             caption = record.get("caption")
-            if "caption" not in record:
+            repeated = repeated_key(record)
+            if repeated:
+                entry.fail(f"{where} (a reference of image {image_id}) gives {repeated}")
+            elif "caption" not in record:
                 entry.fail(f"{where} (a reference of image {image_id}) has no 'caption'")
             elif not isinstance(caption, str):
                 entry.fail(f"{where} (a reference of image {image_id}): caption is "
@@ -284,7 +380,11 @@ class CocoCaption(FileDataset):
                 entry.fail(f"{where} (a reference of image {image_id}): caption is not "
                            f"UTF-8 text: {show_bytes(caption)}")
             else:
-                entry.references.append(caption.strip())
+                # the same annotation listed again (same id, image and caption) is one
+                key = (json.dumps(record["id"]) if "id" in record else None, caption)
+                if key not in seen.setdefault(image_id, set()):
+                    seen[image_id].add(key)
+                    entry.references.append(caption.strip())
 
     def _paths(self, image_id: int) -> tuple[Path, Path]:
         return (self.root / "image" / f"{image_id:012d}.jpg",
@@ -331,6 +431,9 @@ class _AnnoJson(FileDataset):
             if not isinstance(records, list):
                 raise InputError(f"{self.name} annotations: {self.anno} holds "
                                  f"{kind(records)}, expected a list of records")
+            if not records:
+                raise InputError(f"dataset {self.name!r}: {self.anno} lists no record (an "
+                                 "empty list): there is no sample to run")
             self._records = self._cut(records)
         return self._records
 
@@ -358,13 +461,19 @@ class _AnnoJson(FileDataset):
                                        "expected a path or null")
         meta: dict[str, Any] = {"image_name": image}
         labels: dict[str, int] = {}
-        bad = [(k, v) for k, v in categories.items() if not is_whole(v) or not_utf8(k)]
-        if bad:
+        repeated = repeated_key(categories, deep=False)
+        bad = [(k, v) for k, v in categories.items()
+               if not is_whole(v) or not_utf8(k) or bad_label(v)]
+        if repeated:
+            meta["mask_error"] = f"{where}: categories give {repeated}"
+        elif bad:
             name, value = bad[0]
             meta["mask_error"] = (
                 f"{where}: category {show_bytes(name)} is not UTF-8 text" if not_utf8(name)
                 else f"{where}: category {name!r} has label {show(value)}, expected a "
-                     "whole number (its value in the mask)")
+                     "whole number (its value in the mask)" if not is_whole(value)
+                else f"{where}: category {name!r} has label {show(value)}, "
+                     f"{bad_label(value)}")
         else:
             labels = dict(categories)
         return Sample(

@@ -5,10 +5,12 @@ holds, turned upright and converted by a stated rule, or raises one
 
 Files. The path is checked with ``os.stat`` before anything opens it: a missing file, a
 dangling symbolic link, a directory, a named pipe (FIFO), a device, a socket and an empty
-file are refused at once (a FIFO is never read, so nothing blocks). The file is then opened
-non-blocking and checked again on the open descriptor, so a path swapped for a FIFO in
-between is refused too. A file PIL cannot identify or decode (not an image, truncated,
-corrupt) is refused with PIL's reason.
+file are refused at once (a FIFO is never read, so nothing blocks); so is a virtual file of
+the kernel (``/proc``, ``/sys``: regular files whose size says nothing of their content),
+and a file whose size reads 0 but which yields data is named a virtual file, not an empty
+one. The file is then opened non-blocking and checked again on the open descriptor, so a
+path swapped for a FIFO in between is refused too. A file PIL cannot identify or decode
+(not an image, truncated, corrupt) is refused with PIL's reason.
 
 Decompression bombs. An image with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` is refused
 before it is decoded (PIL's ``DecompressionBombWarning`` is an error here, as is its
@@ -177,8 +179,44 @@ def _check_file(path: Path, say: _Say) -> None:
     kind = _special(info.st_mode)
     if kind:
         raise say.refused(f"{kind}, not an image file")
+    virtual = _kernel_file(info.st_dev)
+    if virtual:
+        raise say.refused(f"a virtual file ({virtual}), not an image file")
     if info.st_size == 0:
+        # Pseudo-files (procfs, sysfs, debugfs, cgroup, some FUSE) report 0 bytes whatever
+        # they hold: one byte read (non-blocking, from a regular file) tells them apart.
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            try:
+                content = os.read(fd, 1)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise say.unreadable(exc.strerror or exc) from exc
+        if content:
+            raise say.refused("a virtual file (its size reads 0 bytes, yet reading it gives "
+                              "data), not an image file")
         raise say.refused("an empty file (0 bytes)")
+
+
+def _kernel_file(device: int) -> str | None:
+    """Which of the kernel's virtual file systems holds a file on ``device``, or None.
+
+    Probed through paths only a mounted procfs or sysfs has, on a device other than the root
+    file system's: a bare ``/proc`` folder (a chroot, a build container) is not procfs."""
+    try:
+        root = os.stat("/").st_dev
+    except OSError:
+        return None
+    for probe, words in (("/proc/self", "procfs, under /proc"),
+                         ("/sys/kernel", "sysfs, under /sys")):
+        try:
+            found = os.stat(probe).st_dev
+        except OSError:  # not mounted, or no such file system here (macOS, Windows)
+            continue
+        if found == device and found != root:
+            return words
+    return None
 
 
 def _open(path: Path, say: _Say, *, shape: bool) -> Image.Image:

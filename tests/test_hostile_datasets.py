@@ -16,16 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.tam_fixture import write_coco_fixture, write_folder_fixture, write_grandf_fixture
+from fixtures.tam_fixture import (
+    write_coco_fixture,
+    write_folder_fixture,
+    write_grandf_fixture,
+    write_openpsg_fixture,
+)
 from helpers_evaluator import FAMILY, one_torch_thread  # noqa: F401
 from PIL import Image, features
 
 from mmxai import cli
-from mmxai.dataset import Dataset, Sample, load_image
+from mmxai.dataset import Dataset, Sample, load_image, load_mask
 from mmxai.datasets.folder import ImageFolder
 from mmxai.datasets.synthetic import SyntheticScenes, write_split
-from mmxai.datasets.tam_formats import CocoCaption
+from mmxai.datasets.tam_formats import CocoCaption, GranDf, OpenPSG
 from mmxai.errors import InputError, MMXAIError
+from mmxai.images import read_image
 
 RUN = ["--model", f"tiny:{FAMILY}", "--method", "centre", "--metric",
        "obj-iou,seconds-per-token", "--max-new-tokens", "2", "--min-new-tokens", "2",
@@ -327,6 +333,24 @@ def test_folder_coco_records_fail_their_own_images(tmp_path, capsys):
     (lambda root: [p.unlink() for p in root.glob("*.png")],
      "dataset 'folder': {root} holds no image (files .bmp, .jpeg, .jpg, .png, .tif, .webp, "
      "... any format Pillow reads)"),
+    # a name given twice: json would keep the last label without a word
+    (lambda root: (root / "masks" / "categories.json").write_text('{"dog": 18, "dog": 1}'),
+     "folder categories: {root}/masks/categories.json gives the key 'dog' twice (18 and 1) "
+     "in one object: which is meant cannot be told"),
+    # labels are category ids of an int32 label map: 1..2**31-1
+    (lambda root: (root / "masks" / "categories.json").write_text('{"cat": 17, "dog": -18}'),
+     "folder categories: {root}/masks/categories.json: the label of 'dog' is -18, outside "
+     "1..2147483647 (labels are category ids: 0 is the background of a label map, and label "
+     "maps are read as 32-bit integers)"),
+    (lambda root: (root / "masks" / "categories.json").write_text('{"background": 0}'),
+     "folder categories: {root}/masks/categories.json: the label of 'background' is 0, "
+     "outside 1..2147483647 (labels are category ids: 0 is the background of a label map, "
+     "and label maps are read as 32-bit integers)"),
+    (lambda root: (root / "masks" / "categories.json").write_text(
+        '{"dog": 100000000000000000000000}'),
+     "folder categories: {root}/masks/categories.json: the label of 'dog' is "
+     "100000000000000000000000, outside 1..2147483647 (labels are category ids: 0 is the "
+     "background of a label map, and label maps are read as 32-bit integers)"),
 ])
 def test_folder_unusable_files_are_refused_in_one_line(tmp_path, capsys, damage, message):
     info = write_folder_fixture(tmp_path / "mine")
@@ -344,6 +368,13 @@ def test_folder_unusable_files_are_refused_in_one_line(tmp_path, capsys, damage,
     ({"categories": [{"id": "18", "name": "dog"}]},
      "COCO instances: instances_minival2014.json categories[0] is not {{'id': integer, "
      "'name': string}}: {{\"id\": \"18\", \"name\": \"dog\"}}"),
+    ({"categories": [{"id": 18, "name": "dog"}, {"id": -1, "name": "cat"}]},
+     "COCO instances: instances_minival2014.json categories[1] ('cat') has id -1, outside "
+     "1..2147483647 (labels are category ids: 0 is the background of a label map, and label "
+     "maps are read as 32-bit integers)"),
+    ({"images": []},
+     "COCO instances: {path} describes no image (its 'images' is empty): no image of the "
+     "folder would have a mask"),
 ])
 def test_folder_coco_unusable_files_are_refused_in_one_line(tmp_path, capsys, change, message):
     info = write_coco_fixture(tmp_path / "coco")
@@ -451,3 +482,255 @@ def test_anno_json_in_another_encoding_is_refused_in_one_line(tmp_path, capsys):
                    "--out", tmp_path / "out")
     assert line == (f"error: grandf annotations: {anno} is not valid JSON at byte 0 (line 1, "
                     "column 1): Expecting value; it is not UTF-8 text either (byte 0 is 0xff)")
+
+
+# -- keys given twice, labels out of range, duplicate references, empty datasets ------------
+def test_a_key_given_twice_fails_the_record_that_gives_it(tmp_path):
+    """json keeps the last value of a repeated key without a word: every reader refuses to
+    guess. A record that gives a key twice fails its sample; a key that says which image a
+    record describes, or the file's own keys, refuse the file."""
+    info = write_coco_fixture(tmp_path / "coco")
+    notes = info["root"] / "annotations"
+    instances = notes / "instances_minival2014.json"
+    instances.write_text(instances.read_text().replace('{"id": 73,', '{"id": 73, "id": 74,'))
+    captions = notes / "captions_val2014.json"
+    text = captions.read_text()
+    captions.write_text(text.replace('"caption": "A cat resting on a couch."',
+                                     '"caption": "A cat resting on a couch.", '
+                                     '"caption": "A dog."'))
+    samples = {s.id: s for s in CocoCaption(info["root"])}
+    assert list(samples) == ["42", "images[1]", "139"]
+    assert samples["images[1]"].meta["error"] == (
+        "instances_minival2014.json images[1] gives the key 'id' twice (73 and 74)")
+    assert samples["139"].meta["error"] == (
+        "captions_val2014.json annotations[3] (a reference of image 139) gives the key "
+        "'caption' twice (\"A cat resting on a couch.\" and \"A dog.\")")
+    assert "error" not in samples["42"].meta
+
+    captions.write_text(text.replace('"image_id": 42,', '"image_id": 42, "image_id": 73,', 1))
+    with pytest.raises(InputError, match=r"^COCO captions: captions_val2014.json "
+                                         r"annotations\[0\] gives the key 'image_id' twice "
+                                         r"\(42 and 73\); cannot tell which image it "
+                                         r"describes$"):
+        list(CocoCaption(info["root"]))
+    instances.write_text('{"images": [], "images": [{"id": 42}]}')
+    with pytest.raises(InputError) as caught:
+        len(CocoCaption(info["root"]))
+    assert str(caught.value) == (
+        f"COCO instances (image ids): {instances} gives the key 'images' twice ([] and "
+        '[{"id": 42}]) in one object: which is meant cannot be told')
+
+    grandf = write_grandf_fixture(tmp_path / "GranDf")
+    anno = grandf["root"] / "anno.json"
+    anno.write_text(anno.read_text().replace('{"brown dog": 1,', '{"brown dog": 1, '
+                                                                 '"brown dog": 2,'))
+    first = next(iter(GranDf(grandf["root"])))
+    assert first.meta["mask_error"] == (
+        "record 0 of anno.json: categories give the key 'brown dog' twice (1 and 2)")
+    assert first.categories == {}
+    load_image(first)  # only its mask metrics fail
+
+    coco = write_coco_fixture(tmp_path / "coco2")
+    path = coco["root"] / "annotations" / "instances_minival2014.json"
+    raw = path.read_text()
+    path.write_text(raw.replace('"category_id": 58,', '"category_id": 58, "category_id": 1,'))
+    masks = {s.id: s.meta.get("mask_error") for s in ImageFolder(coco["root"] / "image",
+                                                                 coco=path)}
+    assert masks == {"000000000042": None, "000000000139": None, "000000000073": (
+        "instances_minival2014.json annotations[2] (000000000073.jpg) gives the key "
+        "'category_id' twice (58 and 1)")}
+    path.write_text(raw.replace('"file_name": "000000000073.jpg",',
+                                '"file_name": "000000000073.jpg", "file_name": "x.jpg",'))
+    with pytest.raises(InputError, match=r"^COCO instances: instances_minival2014.json "
+                                         r"images\[1\] gives the key 'file_name' twice "
+                                         r"\(\"000000000073.jpg\" and \"x.jpg\"\); cannot "
+                                         r"tell which image it describes$"):
+        list(ImageFolder(coco["root"] / "image", coco=path))
+
+    split = write_split(tmp_path / "split", seed=5, n=3)
+    index = split / "scenes.jsonl"
+    lines = index.read_text().splitlines()
+    lines[0] = lines[0].replace('"seed": 5,', '"seed": 5, "seed": 6,')
+    lines[1] = lines[1].replace('"id": "synthetic-5-0001",',
+                                '"id": "synthetic-5-0001", "id": "synthetic-5-0000",')
+    index.write_text("\n".join(lines) + "\n")
+    scenes = {s.id: s.meta.get("error") for s in SyntheticScenes(split)}
+    assert scenes == {
+        "synthetic-5-0000": "scenes.jsonl line 1 gives the key 'seed' twice (5 and 6)",
+        "scenes.jsonl:2": "scenes.jsonl line 2 gives the key 'id' twice (\"synthetic-5-0001\" "
+                          "and \"synthetic-5-0000\")",
+        "synthetic-5-0002": None}
+
+
+LABEL_RANGE = ("outside 1..2147483647 (labels are category ids: 0 is the background of a "
+               "label map, and label maps are read as 32-bit integers)")
+
+
+def test_labels_outside_1_to_int32_fail_per_record_and_refuse_shared_tables(tmp_path):
+    """Labels are category ids in a label map read as int32, 0 the background (TAM's
+    reference also marks a word with no category -1): a per-record table with such a label
+    fails that record's mask metrics; a shared table (categories.json, the ``categories=``
+    option, a COCO file's categories) refuses the run."""
+    grandf = write_grandf_fixture(tmp_path / "GranDf")
+    anno = grandf["root"] / "anno.json"
+    records = json.loads(anno.read_text())
+    image, caption, mask, _ = records[0]
+    records += [[image, caption, mask, {"brown dog": -1, "red blanket": 2}],
+                [image, caption, mask, {"brown dog": 1, "red blanket": 0}],
+                [image, caption, mask, {"dog": 10**23}]]  # written as a JSON integer
+    anno.write_text(json.dumps(records))
+    samples = list(GranDf(grandf["root"]))
+    assert [s.meta.get("mask_error") for s in samples] == [
+        None, None,
+        f"record 2 of anno.json: category 'brown dog' has label -1, {LABEL_RANGE}",
+        f"record 3 of anno.json: category 'red blanket' has label 0, {LABEL_RANGE}",
+        f"record 4 of anno.json: category 'dog' has label 100000000000000000000000, "
+        f"{LABEL_RANGE}"]
+    load_image(samples[2])  # the sample runs; only its mask metrics fail
+    with pytest.raises(InputError) as caught:
+        load_mask(samples[2], (64, 48))
+    assert str(caught.value) == (
+        f"sample 2: record 2 of anno.json: category 'brown dog' has label -1, {LABEL_RANGE}")
+
+    psg = write_openpsg_fixture(tmp_path / "OpenPSG")
+    anno = psg["root"] / "anno.json"
+    records = json.loads(anno.read_text())
+    records[1][3]["cup"] = -6
+    anno.write_text(json.dumps(records))
+    assert [s.meta.get("mask_error") for s in OpenPSG(psg["root"])] == [
+        None, f"record 1 of anno.json: category 'cup' has label -6, {LABEL_RANGE}"]
+
+    folder = write_folder_fixture(tmp_path / "mine")
+    with pytest.raises(InputError) as caught:
+        ImageFolder(folder["root"], categories={"dog": 18, "cat": -17}).categories()
+    assert str(caught.value) == f"folder categories: the label of 'cat' is -17, {LABEL_RANGE}"
+
+    split = write_split(tmp_path / "split", seed=5, n=2)
+    index = split / "scenes.jsonl"
+    lines = index.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["categories"] = {name: -1 for name in record["categories"]}
+    lines[1] = json.dumps(record)
+    index.write_text("\n".join(lines) + "\n")
+    shown = " ".join(json.dumps(record["categories"]).split())[:40]
+    assert [s.meta.get("error") for s in SyntheticScenes(split)] == [
+        None, f"scenes.jsonl line 2: categories is {shown}, expected an object of name -> "
+              "label (1..2147483647)"]
+
+
+def test_coco_references_one_per_annotation_and_none_for_an_uncaptioned_image(tmp_path):
+    """The same caption record listed twice is one reference; records that differ (another
+    id, another caption) are distinct references; an image with no caption record has none,
+    and still runs: no metric scores references."""
+    info = write_coco_fixture(tmp_path / "coco")
+    path = info["root"] / "annotations" / "captions_val2014.json"
+    captions = json.loads(path.read_text())
+    notes = captions["annotations"]
+    by_image = {}
+    for record in notes:
+        by_image.setdefault(record["image_id"], []).append(record)
+    first_42, first_139 = by_image[42][0], by_image[139][0]
+    notes += [
+        dict(first_42),  # the same annotation again: one reference
+        {**first_42, "id": 500},  # another annotator, the same words: a second reference
+        {**first_139, "caption": "A grey cat."},  # the id of another caption: both kept
+        {"image_id": 139, "caption": "Another view."},  # no id, listed twice: one
+        {"image_id": 139, "caption": "Another view."},
+    ]
+    captions["annotations"] = [r for r in notes if r["image_id"] != 73]
+    path.write_text(json.dumps(captions))
+    samples = {s.id: s for s in CocoCaption(info["root"])}
+    assert samples["42"].references == ["A dog sits next to a man.",
+                                        "A man and his brown dog on the grass.",
+                                        "A dog sits next to a man."]
+    assert samples["139"].references == ["A cat resting on a couch.", "Black cat, purple sofa.",
+                                         "A grey cat.", "Another view."]
+    assert samples["73"].references == [] and "error" not in samples["73"].meta
+    assert load_image(samples["73"]).size == (64, 48)
+
+
+@pytest.mark.parametrize("dataset, empty, message", [
+    ("coco-caption", lambda root: _edit(root / "annotations" / "instances_minival2014.json",
+                                        images=[]),
+     "dataset 'coco-caption': {root}/annotations/instances_minival2014.json lists no image "
+     "(its 'images' is empty): there is no sample to run"),
+    ("grandf", lambda root: (root / "anno.json").write_text("[]"),
+     "dataset 'grandf': {root}/anno.json lists no record (an empty list): there is no sample "
+     "to run"),
+    ("openpsg", lambda root: (root / "anno.json").write_text(" [ ]\n"),
+     "dataset 'openpsg': {root}/anno.json lists no record (an empty list): there is no "
+     "sample to run"),
+    ("synthetic", lambda root: (root / "scenes.jsonl").write_bytes(b""),
+     "dataset 'synthetic': {root}/scenes.jsonl lists no scene (the file is empty): there is "
+     "no sample to run"),
+    ("synthetic", lambda root: (root / "scenes.jsonl").write_text("\n  \n"),
+     "dataset 'synthetic': {root}/scenes.jsonl lists no scene (it has only blank lines): "
+     "there is no sample to run"),
+    ("folder", lambda root: [p.unlink() for p in root.glob("*.png")],
+     "dataset 'folder': {root} holds no image (files .bmp, .jpeg, .jpg, .png, .tif, .webp, "
+     "... any format Pillow reads)"),
+])
+def test_an_empty_dataset_is_refused_by_every_reader(tmp_path, capsys, dataset, empty,
+                                                     message):
+    writers = {"coco-caption": write_coco_fixture, "grandf": write_grandf_fixture,
+               "openpsg": write_openpsg_fixture, "folder": write_folder_fixture,
+               "synthetic": lambda root: {"root": write_split(root, seed=5, n=1)}}
+    root = writers[dataset](tmp_path / "data")["root"]
+    empty(root)
+    line = refused(capsys, "--dataset", dataset, "--data-root", root,
+                   "--out", tmp_path / "out")
+    assert line == "error: " + message.format(root=root)
+    assert not (tmp_path / "out" / "results.sqlite").exists()
+
+
+def test_folder_mask_that_is_a_folder_says_so(tmp_path):
+    info = write_folder_fixture(tmp_path / "mine")
+    masks = info["root"] / "masks"
+    (masks / "42.png").unlink()
+    (masks / "42.png").mkdir()
+    (masks / "139.png").unlink()
+    (masks / "139.PNG").mkdir()  # another case of .png: still the mask's name
+    (masks / "73.png").unlink()
+    os.mkfifo(masks / "73.png")  # never opened: the mask reader refuses it by its mode
+    samples = {s.id: s for s in ImageFolder(info["root"])}
+    assert samples["42"].meta["mask_error"] == f"mask {masks / '42.png'} is a folder, not a file"
+    assert samples["139"].meta["mask_error"] == (
+        f"mask {masks / '139.PNG'} is a folder, not a file")
+    assert "mask_error" not in samples["73"].meta
+    load_image(samples["42"])  # the image runs; its mask metrics fail
+    with pytest.raises(InputError) as caught:
+        load_mask(samples["42"], (64, 48))
+    assert str(caught.value) == f"sample 42: mask {masks / '42.png'} is a folder, not a file"
+    with pytest.raises(InputError) as caught:
+        load_mask(samples["73"], (64, 48))
+    assert str(caught.value) == (
+        f"sample 73: mask file {masks / '73.png'}: a named pipe (FIFO), not an image file")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="no /proc here")
+def test_a_virtual_file_is_named_as_one_not_as_an_empty_file(tmp_path, monkeypatch):
+    """/proc and /sys files report 0 bytes (or 4096) whatever they hold: refused as virtual
+    files, never opened; elsewhere a 0-byte file that yields data is named a virtual file."""
+    import mmxai.images
+
+    info = write_folder_fixture(tmp_path / "mine")
+    os.symlink("/proc/self/status", info["root"] / "status.png")
+    sample = {s.id: s for s in ImageFolder(info["root"])}["status"]
+    with pytest.raises(InputError) as caught:
+        load_image(sample)
+    assert str(caught.value) == (
+        f"sample status: image file {info['root'] / 'status.png'}: a virtual file (procfs, "
+        "under /proc), not an image file")
+    with pytest.raises(InputError) as caught:
+        read_image("/proc/self/status", "image 'status'")
+    assert str(caught.value) == ("image 'status': a virtual file (procfs, under /proc), not "
+                                 "an image file")
+    monkeypatch.setattr(mmxai.images, "_kernel_file", lambda device: None)  # debugfs, FUSE
+    with pytest.raises(InputError) as caught:
+        read_image("/proc/self/status", "image 'status'")
+    assert str(caught.value) == ("image 'status': a virtual file (its size reads 0 bytes, "
+                                 "yet reading it gives data), not an image file")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError) as caught:
+        read_image(tmp_path / "empty.png", "image 'empty'")
+    assert str(caught.value) == "image 'empty': an empty file (0 bytes)"
