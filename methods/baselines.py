@@ -28,6 +28,10 @@ from mmxai.trace import Trace
 class RandomOptions:
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.seed < 0:  # numpy's SeedSequence takes non-negative seeds only
+            raise ValueError(f"seed must be at least 0, got {self.seed}")
+
 
 class RandomBaseline(Method):
     name = "random"

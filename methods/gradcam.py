@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mmxai.citations import cite
+from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
@@ -88,6 +89,10 @@ class GradCAM(Method):
         model = trace.model
         layers = model.vision_layers()
         index = model.default_vision_layer() if self.options.layer is None else self.options.layer
+        if not -len(layers) <= index < len(layers):
+            n = len(layers)
+            raise MMXAIError(f"{self.name}.layer={index} is out of range: the model has {n} "
+                             f"vision layers (0 to {n - 1}, or -{n} to -1 from the end)")
         if self.options.engine == "captum":
             pairs = captum_gradients(trace, layers[index], tokens)
         else:

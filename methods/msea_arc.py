@@ -28,10 +28,12 @@ from mmxai.maps import per_grid, resample
 from mmxai.method import Method
 from mmxai.methods.rbo import rbo
 from mmxai.methods.tam import TAM, TAMOptions
-from mmxai.methods.tam_ops import lstsq_scale, rank_gaussian_filter
+from mmxai.methods.tam_ops import check_kernel_size, lstsq_scale, rank_gaussian_filter
 from mmxai.trace import Needs, Trace, forced_trace
 
 Box = tuple[float, float, float, float]
+#: The largest MSEA scale: 1 is the image as given; the paper's scales are 0.5 to 1.
+MAX_SCALE = 1.0
 
 
 # -- MSEA: scaled inputs ---------------------------------------------------------------------
@@ -74,6 +76,18 @@ class MSEAOptions:
     fusion: Literal["mean", "max"] = "mean"  # "mean" (Eq. 5) or "max" (the paper's ablation)
     #: Where fixed-size models get the scaled image on the canvas.
     pad_position: Literal["centre", "top-left"] = "centre"
+
+    def __post_init__(self) -> None:
+        if not self.scales:
+            raise ValueError("scales must name at least one scale")
+        bad = [s for s in self.scales if not 0 < s <= MAX_SCALE]
+        if bad:
+            raise ValueError(f"every scale must be in (0, {MAX_SCALE:g}] (a share of the "
+                             f"image's size; above 1 it would overflow a fixed-size model's "
+                             f"canvas), got {', '.join(f'{s:g}' for s in bad)}")
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
 
 
 def scaled_traces(trace: Trace, options: MSEAOptions) -> list[tuple[Trace, Box]]:
@@ -141,6 +155,18 @@ class ARCOptions:
     base_weight: float = 1.0  # weight of the base map A_0 in Eq. 8 (as if r_0 = 0)
     kernel_size: int = 3
     filter: bool = True  # the rank Gaussian filter G of Eq. 9
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if not 0 < self.p < 1:
+            raise ValueError(f"p must be in (0, 1) (RBO persistence), got {self.p}")
+        if self.base_weight < 0:
+            raise ValueError(f"base_weight must be at least 0, got {self.base_weight}")
+        check_kernel_size(self.kernel_size)
+        parent = getattr(super(), "__post_init__", None)  # MSEAARCOptions: MSEA's checks too
+        if parent is not None:
+            parent()
 
 
 def topk_at(trace: Trace, positions: np.ndarray, k: int, chunk: int = 64) -> torch.Tensor:

@@ -38,6 +38,12 @@ class TAMOptions:
     constant: Literal["value", "reference"] | None = None  # constant windows; default value (Q7)
     reference_compatible: bool = False  # reproduce Q1, Q2, Q3, Q7 and the string exclusion
 
+    def __post_init__(self) -> None:
+        ops.check_kernel_size(self.kernel_size)
+        parent = getattr(super(), "__post_init__", None)  # MSEATAMOptions: MSEA's checks too
+        if parent is not None:
+            parent()
+
 
 class TAM(Method):
     name = "tam"

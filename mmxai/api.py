@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,15 +13,23 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmxai import hub
 from mmxai import maps as mapsmod
-from mmxai.errors import InputError, MMXAIError
+from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
 from mmxai.images import read_image
 from mmxai.method import InvalidMapsError, Method, token_indices
 from mmxai.model import Model, load_model
+from mmxai.options import OptionError
 from mmxai.registry import manager
 from mmxai.trace import Needs, Trace, generate_trace
 
-ImageLike = str | Path | Image.Image
+#: An image as the API takes it: a path, a PIL image, or an RGB(A)/grey uint8 numpy array.
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+#: The longest answer ``max_new_tokens`` may ask for: every generated token gets a map per
+#: method (and a PNG per image in ``mmxai explain``), and real MLLMs' context windows are a
+#: few thousand tokens; a larger value is a typo, not a request (10**20 used to hang).
+MAX_NEW_TOKENS = 4096
 
 
 @dataclass
@@ -53,16 +63,94 @@ class Explanation:
 
 def load_image(image: ImageLike) -> Image.Image:
     """An upright RGB image (:func:`mmxai.images.read_image`: EXIF orientation, every PIL
-    mode converted faithfully or refused), or one line naming the file and the cause."""
+    mode converted faithfully or refused), or one line naming the file and the cause.
+
+    Takes a path (``str`` or ``os.PathLike``), a PIL image, or a numpy ``uint8`` array of
+    shape (H, W) (grey), (H, W, 3) (RGB, the order PIL and transformers use: an OpenCV
+    BGR array must be flipped first) or (H, W, 4) (RGBA). Bytes are refused: they may be a
+    path or a file's contents, and mmxai does not guess (``os.fsdecode(path)`` or
+    ``PIL.Image.open(io.BytesIO(data))``)."""
     if isinstance(image, Image.Image):
         return read_image(image, "PIL image")
-    return read_image(image, f"image {str(image)!r}")
+    if isinstance(image, np.ndarray):
+        return read_image(array_image(image), "numpy image")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        raise InputError(f"image: got {type(image).__name__}; pass a path as str or "
+                         f"pathlib.Path (os.fsdecode(path)), or file contents as a PIL image "
+                         f"(PIL.Image.open(io.BytesIO(data)))")
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+        if isinstance(image, bytes):
+            image = os.fsdecode(image)
+    if not isinstance(image, str):
+        raise InputError(f"image: expected a path, a PIL image or a uint8 numpy array, got "
+                         f"{type(image).__name__}")
+    if not image.strip():
+        raise InputError("image '': an empty path")
+    return read_image(image, f"image {image!r}")
 
 
-def make_method(spec: str | Method, **options: Any) -> Method:
-    """A method instance from a registered name (with options) or an instance."""
+def array_image(array: np.ndarray) -> Image.Image:
+    """A numpy uint8 array (H, W), (H, W, 3) or (H, W, 4) as a PIL image (grey, RGB, RGBA);
+    any other dtype or shape is one line naming it."""
+    shape = tuple(array.shape)
+    fits = array.ndim == 2 or (array.ndim == 3 and shape[2] in (3, 4))
+    if array.dtype != np.uint8 or not fits:
+        raise InputError(f"numpy image: expected a uint8 array of shape (H, W), (H, W, 3) or "
+                         f"(H, W, 4), got {array.dtype} {shape}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def image_list(images: Any) -> list[ImageLike]:
+    """``images`` as a non-empty list: one image (path, PIL image, array) or a list or tuple
+    of them; anything else, or no image at all, is one line."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, bytes, bytearray)):
+        return [images]
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InputError("images: none given (an empty list); expected at least one "
+                             "image: a path, a PIL image or a uint8 numpy array")
+        return list(images)
+    raise InputError(f"images: expected an image (a path, a PIL image or a uint8 numpy array) "
+                     f"or a list of them, got {type(images).__name__}")
+
+
+def check_max_new_tokens(value: Any, what: str = "max_new_tokens") -> int:
+    """``value`` as an int in ``[1, MAX_NEW_TOKENS]``, or one line naming ``what``: a bool,
+    a float (even a whole one), a string, 0, a negative or a huge number is refused."""
+    if isinstance(value, (bool, np.bool_)):
+        index = None
+    else:
+        try:
+            index = operator.index(value)
+        except TypeError:
+            index = None
+    if index is None:
+        shown = " ".join(repr(value).split())[:40]
+        raise InputError(f"{what} {shown}: expected a whole number from 1 to {MAX_NEW_TOKENS}, "
+                         f"got {type(value).__name__}")
+    if not 1 <= index <= MAX_NEW_TOKENS:
+        raise InputError(f"{what} {index}: must be from 1 to {MAX_NEW_TOKENS} (the number of "
+                         f"tokens to generate and explain)")
+    return index
+
+
+def make_method(spec: str | Method | type[Method], **options: Any) -> Method:
+    """A method instance from a registered name or a Method subclass (with its options), or
+    an instance as it is. An instance is already configured: options given with one are
+    refused in one line (:class:`~mmxai.options.OptionError`), never dropped."""
     if isinstance(spec, Method):
+        if options:
+            raise OptionError(f"method {spec.name!r}: options {', '.join(sorted(options))} "
+                              f"given with a Method instance, which is already configured; "
+                              f"pass the name {spec.name!r} with the options, or build the "
+                              f"instance with them")
         return spec
+    if isinstance(spec, type) and issubclass(spec, Method):
+        return spec(**options)
+    if not isinstance(spec, str):
+        raise InputError(f"method: expected a method name or a Method instance, got "
+                         f"{type(spec).__name__}")
     return manager().get("methods", spec)(**options)
 
 
@@ -100,7 +188,8 @@ def check_prompt(prompt: Any, what: str = "prompt") -> str:
 
 
 def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], prompt: str,
-                 methods: Sequence[str | Method] = ("tam",), *, max_new_tokens: int = 32,
+                 methods: str | Method | Sequence[str | Method] = ("tam",), *,
+                 max_new_tokens: int = 32,
                  method_options: dict[str, dict[str, Any]] | None = None,
                  tokens: Sequence[int] | None = None,
                  on_step: Callable[[str], None] | None = None,
@@ -109,9 +198,16 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
                  image_names: Sequence[str] | None = None) -> dict[str, Explanation]:
     """Trace once, then run every method on the shared trace.
 
+    ``methods``: names, Method classes or instances (a single one is one method).
     ``tokens`` selects generated-token indices (all by default). ``method_options`` maps a
-    method name to its options. ``on_step`` (for progress displays) is called with
-    ``"trace"`` before generating and with each method's name before it runs.
+    method name of this run to its options (a key naming no method of the run, or options
+    for an already-built instance, is refused). ``max_new_tokens``: 1 to
+    :data:`MAX_NEW_TOKENS`. ``images``: see :func:`load_image`. All of it is checked before
+    the model loads (``model`` as a name or folder: :func:`open_pretrained`) and before
+    anything generates; a decoder layer a method needs that the model lacks is refused
+    (with ``failures``: that method's failure) before generating. ``on_step`` (for
+    progress displays) is called with ``"trace"`` before generating and with each method's
+    name before it runs.
     ``generate_kwargs`` go to ``generate`` (e.g. ``min_new_tokens``).
 
     Every method's maps are checked: (len(tokens), N_image) and finite, else
@@ -122,20 +218,18 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
     images or prompt (``ValueError``), or runs out of memory, is an :class:`InputError`
     naming the images (as ``image_names`` gives them, by default their paths).
     """
+    # Everything the caller gave is checked before the (slow) model load and generation.
     check_prompt(prompt)
-    if isinstance(model, str):
-        model = load_model(model)
-    if isinstance(images, (str, Path, Image.Image)):
-        images = [images]
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
+    instances = _methods(methods, method_options)
+    images = image_list(images)
     pil = [load_image(im) for im in images]
-    method_options = method_options or {}
-    instances = [make_method(m, **method_options.get(m if isinstance(m, str) else m.name, {}))
-                 for m in methods]
-    names = [method.name for method in instances]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise InputError(f"methods: {', '.join(map(repr, twice))} given twice (one result "
-                         f"per name)")
+    tokens = token_indices(tokens, None)  # types and signs now, the range once generated
+    if not isinstance(model, Model):
+        model = open_pretrained(model)
+    instances = _check_layers(model, instances, failures)
+    if not instances:  # every method was refused (its failure is recorded)
+        return {}
     needs = Needs()
     for method in instances:
         needs = needs | method.needs
@@ -176,7 +270,81 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
 def explain(model: Model | str, images: ImageLike | Sequence[ImageLike], prompt: str,
             method: str | Method = "tam", *, max_new_tokens: int = 32,
             tokens: Sequence[int] | None = None, **options: Any) -> Explanation:
-    """Explain every generated token with one method. ``options`` go to the method."""
+    """Explain every generated token with one method. ``options`` go to the method (given
+    by name; a Method instance is already configured and takes none)."""
     instance = make_method(method, **options)
     return explain_many(model, images, prompt, [instance], max_new_tokens=max_new_tokens,
                         tokens=tokens)[instance.name]
+
+
+def open_pretrained(spec: Any, **kwargs: Any) -> Model:
+    """A model from a hub name or a local folder (:func:`mmxai.hub.resolve` checks which, in
+    one line, before transformers is asked); a checkpoint that cannot be loaded is one line
+    ``cannot load model 'X': ...``. ``kwargs`` go to :func:`mmxai.model.load_model`."""
+    source = hub.resolve(spec)
+    try:
+        with hub.quiet(source.offline):
+            return load_model(source.spec, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc
+
+
+def _methods(methods: Any, method_options: Any) -> list[Method]:
+    """The run's method instances: names (with their ``method_options``), Method classes or
+    instances; a single name or instance is one method. Options for a method that is not in
+    the run, or given twice over, are refused in one line, as on the command line."""
+    if isinstance(methods, (str, Method)) or (isinstance(methods, type)
+                                              and issubclass(methods, Method)):
+        methods = [methods]
+    if not isinstance(methods, (list, tuple)):
+        raise InputError(f"methods: expected a method name, a Method instance or a list of "
+                         f"them, got {type(methods).__name__}")
+    if not methods:
+        raise InputError("methods: none given; expected at least one method name or instance")
+    if method_options is None:
+        method_options = {}
+    if not isinstance(method_options, dict):
+        raise OptionError(f"method_options: expected a dict of method name -> options dict, "
+                          f"got {type(method_options).__name__}")
+    names = [m if isinstance(m, str) else getattr(m, "name", None) for m in methods]
+    stray = [key for key in method_options if key not in names]
+    if stray:
+        raise OptionError(f"method_options: {', '.join(map(repr, stray))} not run here: no "
+                          f"method of this run has that name (options apply to: "
+                          f"{', '.join(str(n) for n in names)})")
+    for key, value in method_options.items():
+        if not isinstance(value, dict):
+            raise OptionError(f"method_options[{key!r}]: expected a dict of option -> value, "
+                              f"got {type(value).__name__}")
+    instances = [make_method(m, **method_options.get(name, {}))
+                 for m, name in zip(methods, names, strict=True)]
+    names = [method.name for method in instances]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InputError(f"methods: {', '.join(map(repr, twice))} given twice (one result "
+                         f"per name)")
+    return instances
+
+
+def _check_layers(model: Model, instances: list[Method],
+                  failures: dict[str, BaseException] | None) -> list[Method]:
+    """Decoder layers a method asks the shared pass to record (``Needs.layers``, e.g.
+    ``logit-lens.layer``) must exist in this model: a method asking for one that does not
+    is that method's failure (with ``failures``), or raised, before anything generates."""
+    try:
+        n_layers = len(model.decoder_layers())
+    except Exception:  # an adapter without the hook: the trace will say
+        return instances
+    kept = []
+    for method in instances:
+        bad = [i for i in method.needs.layers if not -n_layers <= i < n_layers]
+        if not bad:
+            kept.append(method)
+            continue
+        cause = (f"decoder layer {bad[0]} is out of range: the model has {n_layers} decoder "
+                 f"layers (0 to {n_layers - 1}, or -{n_layers} to -1 from the end)")
+        if failures is None:
+            raise OptionError(f"method {method.name!r}: {cause}")
+        failures[method.name] = OptionError(cause)  # failure_message names the method
+    return kept

@@ -72,7 +72,7 @@ class Method:
         return f"{type(self).__name__}({opts})"
 
 
-def token_indices(tokens: Iterable[int] | None, n_generated: int,
+def token_indices(tokens: Iterable[int] | None, n_generated: int | None,
                   what: str = "tokens") -> list[int]:
     """``tokens`` as a list of ints in ``[0, n_generated)`` (None: all of them, in order),
     or an :class:`~mmxai.errors.InputError` in one line starting with ``what`` and naming
@@ -81,10 +81,13 @@ def token_indices(tokens: Iterable[int] | None, n_generated: int,
     Accepted: Python and numpy integers, 0-d integer tensors, any iterable of them (a list,
     a range, a 1-D array). Refused: negative indices (no wrapping from the end), indices
     past the answer, bools, floats (even whole ones) and anything else.
+
+    ``n_generated`` None (the answer is not generated yet) checks everything but the upper
+    bound, so a request can be refused before the model runs; None then stays None.
     """
-    valid = f"[0, {n_generated})"
+    valid = f"[0, {n_generated})" if n_generated is not None else "[0, answer length)"
     if tokens is None:
-        return list(range(n_generated))
+        return list(range(n_generated)) if n_generated is not None else None
     if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Iterable):
         raise InputError(f"{what}: expected a sequence of token indices in {valid}, got "
                          f"{type(tokens).__name__}")
@@ -102,9 +105,13 @@ def token_indices(tokens: Iterable[int] | None, n_generated: int,
             raise InputError(f"{what}: {_short(token)} is not a token index (whole numbers "
                              f"in {valid})")
         selected.append(index)
-    outside = [t for t in selected if not 0 <= t < n_generated]
+    outside = [t for t in selected
+               if t < 0 or (n_generated is not None and t >= n_generated)]
     if outside:
         shown = str(outside[:5])[:-1] + (", ...]" if len(outside) > 5 else "]")
+        if n_generated is None:
+            raise InputError(f"{what}: {shown} out of range (token indices count from 0, "
+                             f"no wrapping from the end)")
         raise InputError(f"{what}: {shown} out of range (outside {valid}: the answer has "
                          f"{n_generated} generated token(s))")
     return selected
@@ -115,7 +122,8 @@ def checked_maps(method: str, maps: Any, tokens: Sequence[int], n_image: int) ->
     :class:`InvalidMapsError` in one line naming ``method`` and what is wrong (the shape,
     or the generated tokens whose maps hold NaN or infinite values)."""
     try:
-        array = np.asarray(maps, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # past float32: inf, named below
+            array = np.asarray(maps, dtype=np.float32)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise InvalidMapsError(f"method {method!r} returned maps that are not an array of "
                                f"numbers ({type(maps).__name__}: "

@@ -11,7 +11,8 @@ is never a truthy option. The types understood (``docs/plugins.md``, Options):
 - ``str``, ``pathlib.Path``;
 - ``Literal[...]``: one of the listed values;
 - ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``: ``0.5,0.75,1`` or JSON ``[0.5, 0.75, 1]``;
-- ``dict[K, V]``: a JSON object;
+- ``dict[K, V]`` (or a bare ``dict``): a JSON object;
+- a bare ``tuple`` or ``list``: values of any kind, as for ``tuple[Any, ...]``;
 - ``X | None``: ``none``/``null`` (any case) or an ``X``; other unions: the first member
   that accepts the value, in the order written;
 - ``Any`` (or no annotation): taken as given.
@@ -109,6 +110,10 @@ def _parse(value: Any, annotation: Any) -> Any:
         return _sequence(value, origin, typing.get_args(annotation))
     if origin is dict:
         return _dict(value, typing.get_args(annotation))
+    if annotation is dict:  # a bare ``dict``: a JSON object of anything
+        return _dict(value, ())
+    if annotation in (tuple, list):  # a bare ``tuple`` or ``list``: values of anything
+        return _sequence(value, annotation, ())
     if annotation is type(None):
         if value is None or (isinstance(value, str) and value.strip().lower() in NONE):
             return None
@@ -188,7 +193,7 @@ _SCALARS = {bool: _bool, int: _int, float: _float, str: _str, Path: _path}
 
 
 def _literal(value: Any, choices: tuple[Any, ...]) -> Any:
-    accepted = "one of " + ", ".join(str(c) for c in choices)
+    accepted = "one of " + ", ".join(map(_choice, choices))
     for choice in choices:
         if value == choice and type(value) is type(choice):
             return choice
@@ -200,6 +205,13 @@ def _literal(value: Any, choices: tuple[Any, ...]) -> Any:
             except _Mismatch:
                 continue
     raise _Mismatch(accepted)
+
+
+def _choice(choice: Any) -> str:
+    """A Literal choice as the user types it; an empty or spaced string quoted (``''``)."""
+    if isinstance(choice, str) and (not choice or choice != choice.strip() or "," in choice):
+        return repr(choice)
+    return str(choice)
 
 
 def _union(value: Any, members: tuple[Any, ...]) -> Any:

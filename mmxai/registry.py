@@ -184,6 +184,9 @@ class PluginManager:
             kind: {} for kind in hookspecs.KINDS
         }
         self._loaded = False
+        #: ``MMXAI_PLUGINS`` as read at load (None: unset) and the names it holds.
+        self._wanted: tuple[str | None, set[str] | None] = (None, None)
+        self._unmatched: list[str] = []
 
     # -- loading -------------------------------------------------------------------------
     def load(self) -> PluginManager:
@@ -192,13 +195,16 @@ class PluginManager:
         self._loaded = True
         allowed = os.environ.get(ENV_VAR)
         wanted = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
+        self._wanted = (allowed, wanted)
         eps = self._entry_points
         if eps is None:
             eps = metadata.entry_points(group=GROUP)
+        matched: set[str] = set()
         for ep in sorted(eps, key=_load_order):
             dist_name = ep.dist.name if ep.dist else "?"
             if wanted is not None and ep.name not in wanted and dist_name not in wanted:
                 continue
+            matched.update({ep.name, dist_name})
             info = PluginInfo(name=ep.name, module=ep.value, distribution=dist_name)
             if ep.dist is not None:
                 info.version = ep.dist.version
@@ -213,6 +219,8 @@ class PluginManager:
                 self._plugins[info.key] = info
                 continue
             self.add_plugin(module, info)
+        if wanted is not None:
+            self._unmatched = sorted(wanted - matched)
         return self
 
     def add_plugin(self, module: Any, info: PluginInfo | None = None) -> PluginInfo:
@@ -275,12 +283,30 @@ class PluginManager:
     def items(self, kind: str) -> dict[str, Any]:
         return {k: v[0] for k, v in sorted(self.load()._registries[kind].items())}
 
+    def unmatched(self) -> list[str]:
+        """Names in ``MMXAI_PLUGINS`` that matched no entry point or distribution (sorted)."""
+        return list(self.load()._unmatched)
+
+    def limited_by(self) -> str:
+        """One clause saying how ``MMXAI_PLUGINS`` limits what loaded ('' when unset)."""
+        allowed, _ = self.load()._wanted
+        if allowed is None:
+            return ""
+        clause = f"{ENV_VAR}={allowed!r} loads only the plugins it names"
+        if not allowed.strip(","+" "):
+            clause = f"{ENV_VAR} is set but empty, so no plugin loads"
+        elif self._unmatched:
+            clause += f"; {', '.join(map(repr, self._unmatched))} matched no plugin"
+        return clause
+
     def get(self, kind: str, name: str) -> Any:
         entry = self.load()._registries[kind].get(name)
         if entry is None:
             available = ", ".join(self.names(kind)) or "none"
             broken = [p.name for p in self._plugins.values() if p.broken]
             hint = f"; broken plugins: {', '.join(broken)}" if broken else ""
+            limited = self.limited_by()
+            hint += f" ({limited}; unset it to load every installed plugin)" if limited else ""
             raise UnknownNameError(f"unknown {kind[:-1]} {name!r}; available: {available}{hint}")
         return entry[0]
 

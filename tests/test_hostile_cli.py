@@ -804,3 +804,234 @@ def test_keyboard_interrupt_is_130(raising_command, capsys):
     code, _, err = run_cli(capsys, "hx")
     assert code == 130 and error_lines(err) == ["error: interrupted"]
 
+
+
+# -- 6. the audit's findings: limits, paths, hub names, quiet runs, MMXAI_PLUGINS, overwrites --
+@pytest.mark.parametrize(("value", "phrases"), [
+    ("0", ["--max-new-tokens 0: must be from 1 to 4096"]),
+    ("-1", ["--max-new-tokens -1: must be from 1 to 4096"]),
+    ("4097", ["--max-new-tokens 4097: must be from 1 to 4096"]),
+    ("99999999999999999999", ["--max-new-tokens 99999999999999999999: must be from 1 to 4096"]),
+    ("2.5", ["argument --max-new-tokens:", "invalid int value: '2.5'"]),
+])
+def test_max_new_tokens_out_of_range_is_refused_before_the_model_loads(value, phrases,
+                                                                       model_dir, tmp_path,
+                                                                       capsys, no_model_load):
+    argv = explain_argv(model_dir, tmp_path / "out")
+    argv[argv.index("--max-new-tokens") + 1] = value
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *phrases)
+
+
+def test_check_max_new_tokens_is_shared_by_the_commands():
+    from mmxai.commands.common import check_max_new_tokens
+
+    assert check_max_new_tokens(32) == 32
+    with pytest.raises(cli.MMXAIError, match=r"^--max-new-tokens 0: must be from 1 to 4096"):
+        check_max_new_tokens(0)
+    with pytest.raises(cli.MMXAIError, match=r"^--max-new-tokens '3': expected a whole number"):
+        check_max_new_tokens("3")
+
+
+@pytest.mark.parametrize("out", ["", " "])
+def test_an_empty_out_is_refused_not_the_current_folder(out, model_dir, tmp_path, capsys,
+                                                        monkeypatch, no_model_load):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *explain_argv(model_dir, out))
+    assert_one_line_error(code, err, "argument --out: an empty folder name")
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
+
+
+def test_an_empty_tiny_dir_is_refused(tiny_families, tmp_path, capsys, monkeypatch,
+                                      no_tiny_build):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "tiny", next(iter(tiny_families)), "")
+    assert_one_line_error(code, err, "mmxai tiny: argument dir: an empty folder name")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    from mmxai import hub
+
+    calls = []
+
+    def probe(repo_id):
+        calls.append(repo_id)
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(hub, "probe", probe)
+    monkeypatch.setattr(hub, "_cached_config", lambda repo_id: None)
+    return calls
+
+
+@pytest.mark.parametrize(("model", "cause"), [
+    ("/nonexist/model", "no such folder"),
+    ("models/typo/", "no such folder"),
+    ("./typo", "no such folder"),
+    ("models/typo", "no such folder here, and the Hugging Face hub cannot be reached"),
+    ("some-org/some-model", "no such folder here, and the Hugging Face hub cannot be reached"),
+])
+def test_a_mistyped_folder_or_unreachable_hub_name_is_one_line_at_once(model, cause, tmp_path,
+                                                                       capsys, unreachable_hub,
+                                                                       no_model_load):
+    code, _, err = run_cli(capsys, "explain", model, _demo(tmp_path), "--out", tmp_path / "o")
+    line = assert_one_line_error(code, err, f"cannot load model {model!r}: {cause}")
+    assert len(unreachable_hub) <= 1 and "Retry" not in err, line
+
+
+def test_a_hub_name_without_network_prints_no_retry_lines(tmp_path, capsys):
+    """Not patched: the real huggingface_hub, asked once (offline here, or a 401/404 where the
+    hub answers): one line, never its retry log."""
+    code, _, err = run_cli(capsys, "explain", "some-org/some-model", _demo(tmp_path),
+                           "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "cannot load model 'some-org/some-model': no such folder "
+                                     "here, and")
+    assert "Retry" not in err and "thrown while requesting" not in err
+
+
+def test_hf_hub_offline_names_the_variable(tmp_path, capsys, monkeypatch, no_model_load):
+    from huggingface_hub import constants
+
+    from mmxai import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "_cached_config", lambda repo_id: None)
+    code, _, err = run_cli(capsys, "explain", "org/name", _demo(tmp_path), "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "cannot load model 'org/name': no such folder here, and it "
+                                     "is not in the Hugging Face cache (HF_HUB_OFFLINE is set")
+
+
+def test_architectures_as_a_string_is_named_before_the_model_loads(model_dir, tmp_path, capsys,
+                                                                   no_model_load):
+    folder = tmp_path / "strarch"
+    folder.mkdir()
+    for item in model_dir.iterdir():
+        if item.is_file():
+            (folder / item.name).write_bytes(item.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config,
+                                                   "architectures": config["architectures"][0]}))
+    code, _, err = run_cli(capsys, *explain_argv(folder, tmp_path / "out"))
+    assert_one_line_error(code, err, "config.json: \"architectures\" must be a list of class "
+                                     "names", f"got str '{config['architectures'][0]}'")
+
+
+def _demo(tmp_path: Path) -> Path:
+    path = tmp_path / "demo.png"
+    if not path.exists():
+        Image.new("RGB", (32, 32), "red").save(path)
+    return path
+
+
+def test_a_successful_run_leaves_stderr_empty(tiny_families, tiny_dir, tmp_path):
+    """--max-new-tokens 2 is below the saved folder's min_new_tokens (4): transformers warns
+    "Unfeasible length constraints" twice; the command shows none of it, nor a progress
+    display's blank line off a terminal."""
+    import subprocess
+
+    folder = tiny_dir("llava")
+    assert json.loads((folder / "generation_config.json").read_text())["min_new_tokens"] == 4
+    done = subprocess.run([sys.executable, "-m", "mmxai.cli", "explain", str(folder),
+                           str(folder / "demo.png"), "--method", "centre",
+                           "--max-new-tokens", "2", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "2 tokens x 1 method(s)" in done.stdout
+
+
+def test_transformers_warnings_are_silenced_in_the_cli_only(tiny_dir, tmp_path, capsys):
+    import warnings
+
+    folder = tiny_dir("llava")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code, _, err = run_cli(capsys, "explain", folder, folder / "demo.png", "--method",
+                               "centre", "--max-new-tokens", "2", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert [str(w.message) for w in seen if "transformers" in w.filename] == []
+    with warnings.catch_warnings(record=True) as seen:  # the API leaves them to the caller
+        warnings.simplefilter("always")
+        api.explain(str(folder), folder / "demo.png", "x", "centre", max_new_tokens=2)
+    assert any("Unfeasible length constraints" in str(w.message) for w in seen)
+
+
+@pytest.fixture
+def plugins_env(monkeypatch):
+    """Set MMXAI_PLUGINS for a test; the process-wide manager is reloaded before and after."""
+    def set_to(value: str) -> None:
+        monkeypatch.setenv(registry.ENV_VAR, value)
+        registry.reset()
+
+    yield set_to
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    registry.reset()
+
+
+@pytest.mark.parametrize(("value", "phrase"), [
+    ("nosuch", "(MMXAI_PLUGINS='nosuch' loads only the plugins it names; 'nosuch' matched no "
+               "plugin; unset it to load every installed plugin)"),
+    ("", "(MMXAI_PLUGINS is set but empty, so no plugin loads; unset it to load every "
+         "installed plugin)"),
+])
+def test_an_unknown_method_names_mmxai_plugins_when_it_is_set(value, phrase, plugins_env,
+                                                              model_dir, tmp_path, capsys,
+                                                              no_model_load):
+    plugins_env(value)
+    code, _, err = run_cli(capsys, "explain", model_dir, _demo(tmp_path), "--out",
+                           tmp_path / "o")
+    assert_one_line_error(code, err, "unknown method 'tam'; available: none", phrase)
+
+
+def test_the_manager_says_which_mmxai_plugins_names_matched_nothing(plugins_env):
+    plugins_env("nosuch, mmxai ,also-missing")
+    manager = registry.manager()
+    assert manager.unmatched() == ["also-missing", "nosuch"]
+    assert "tam" in manager.names("methods")
+    plugins_env("mmxai")
+    assert registry.manager().unmatched() == [] and registry.manager().limited_by() == (
+        "MMXAI_PLUGINS='mmxai' loads only the plugins it names")
+
+
+def test_unset_mmxai_plugins_adds_nothing_to_the_error(plugins_env, monkeypatch):
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    registry.reset()
+    with pytest.raises(registry.UnknownNameError) as caught:
+        registry.manager().get("methods", "nosuch")
+    assert "MMXAI_PLUGINS" not in str(caught.value)
+
+
+def test_tiny_refuses_to_overwrite_a_model_folder(tiny_families, tmp_path, capsys,
+                                                  no_tiny_build):
+    family = next(iter(tiny_families))
+    for marker in ["config.json", "model.safetensors", "weights-00001.safetensors"]:
+        folder = tmp_path / marker.replace(".", "_")
+        folder.mkdir()
+        (folder / marker).write_text("a model already here")
+        code, _, err = run_cli(capsys, "tiny", family, folder)
+        assert_one_line_error(code, err, f"DIR {str(folder)!r} already holds a model ({marker})",
+                              "pass --overwrite")
+        assert (folder / marker).read_text() == "a model already here"
+
+
+def test_save_tiny_refuses_a_model_folder_before_building(tiny_families, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(tiny_cmd.InputError, match=r"^folder '.*' already holds a model "
+                                                  r"\(config.json\)"):
+        tiny_cmd.save_tiny(next(iter(tiny_families)), tmp_path)
+    assert (tmp_path / "config.json").read_text() == "{}"
+
+
+def test_tiny_overwrite_replaces_the_model(tiny_families, tmp_path, capsys, monkeypatch):
+    built = []
+    monkeypatch.setattr(tiny_cmd, "save_tiny",
+                        lambda family, folder, seed=0, overwrite=False:
+                        built.append(overwrite) or tiny_cmd.find_family(family).tiny(seed))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    code, _, err = run_cli(capsys, "tiny", next(iter(tiny_families)), folder, "--overwrite")
+    assert code == 0 and built == [True], err
+    code, _, _ = run_cli(capsys, "tiny", next(iter(tiny_families)), tmp_path / "empty")
+    assert code == 0 and built == [True, True]  # an empty or new folder needs no flag

@@ -177,3 +177,20 @@ def test_option_ranges_are_refused_by_the_options_dataclass(kind, name, options,
     with pytest.raises(ValueError):  # the dataclass itself, wherever it is built
         cls.Options(**{key: float(value) if key != "layers" else value
                        for key, value in options.items()})
+
+
+def test_token_indices_before_the_answer_is_known_check_all_but_the_upper_bound():
+    """``n_generated=None``: what the API checks before it generates (types, signs)."""
+    assert token_indices(None, None) is None
+    assert token_indices((t for t in [7, 0]), None) == [7, 0]
+    for bad, message in [
+        ([1.7], "tokens: 1.7 is not a token index (whole numbers in [0, answer length))"),
+        ([True], "tokens: True is not a token index (whole numbers in [0, answer length))"),
+        (["a"], "tokens: 'a' is not a token index (whole numbers in [0, answer length))"),
+        (5, "tokens: expected a sequence of token indices in [0, answer length), got int"),
+        ([0, -2], "tokens: [-2] out of range (token indices count from 0, no wrapping from "
+                  "the end)"),
+    ]:
+        with pytest.raises(InputError) as caught:
+            token_indices(bad, None)
+        assert one_line(caught) == message

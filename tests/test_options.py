@@ -202,3 +202,99 @@ def test_explain_refuses_a_bad_option_before_loading(capsys, tmp_path, demo_imag
     code, err = run_cli(capsys, "explain", "no/such-model", demo_image, "--method", "tam",
                         "--option", "tam.eci=maybe", "--out", tmp_path / "out")
     assert code == 2 and "tam.eci='maybe'" in err and "Traceback" not in err
+
+
+# -- the audit's findings: ranges before the model loads, bare dicts, the empty choice --------
+@pytest.mark.parametrize(("kind", "name", "options", "message"), [
+    ("methods", "tam", {"kernel_size": "-1"}, "kernel_size must be a positive odd number, got -1"),
+    ("methods", "tam", {"kernel_size": "0"}, "kernel_size must be a positive odd number, got 0"),
+    ("methods", "tam", {"kernel_size": "2"}, "kernel_size must be a positive odd number, got 2"),
+    ("methods", "tam", {"kernel_size": "33"}, "kernel_size must be at most 31, got 33"),
+    ("methods", "arc", {"kernel_size": "4"}, "kernel_size must be a positive odd number, got 4"),
+    ("methods", "arc", {"k": "0"}, "k must be at least 1, got 0"),
+    ("methods", "arc", {"p": "0"}, "p must be in (0, 1) (RBO persistence), got 0.0"),
+    ("methods", "arc", {"p": "1"}, "p must be in (0, 1) (RBO persistence), got 1.0"),
+    ("methods", "arc", {"base_weight": "-0.5"}, "base_weight must be at least 0, got -0.5"),
+    ("methods", "msea", {"scales": ""}, "scales must name at least one scale"),
+    ("methods", "msea", {"scales": "0.5,0"}, "every scale must be in (0, 1] (a share of the "
+                                            "image's size; above 1 it would overflow a "
+                                            "fixed-size model's canvas), got 0"),
+    ("methods", "msea", {"scales": "-1,2"}, "got -1, 2"),
+    ("methods", "msea-arc", {"scales": "2"}, "every scale must be in (0, 1]"),
+    ("methods", "msea-arc", {"k": "0"}, "k must be at least 1, got 0"),
+    ("methods", "msea-arc", {"kernel_size": "2"}, "kernel_size must be a positive odd number"),
+    ("methods", "msea-tam", {"scales": "0"}, "every scale must be in (0, 1]"),
+    ("methods", "msea-tam", {"kernel_size": "-3"}, "kernel_size must be a positive odd number"),
+    ("methods", "random", {"seed": "-1"}, "seed must be at least 0, got -1"),
+    ("metrics", "deletion", {"batch": "0"}, "batch must be at least 1, got 0"),
+    ("metrics", "deletion", {"max_tokens": "-1"}, "max_tokens must be at least 0 (0: every "
+                                                  "token), got -1"),
+    ("metrics", "insertion", {"batch": "-2"}, "batch must be at least 1, got -2"),
+    ("metrics", "randomisation", {"max_tokens": "-1"}, "max_tokens must be at least 0 (0: "
+                                                       "every token), got -1"),
+])
+def test_option_ranges_of_every_plugin_are_checked_by_its_options(kind, name, options, message):
+    cls = manager().get(kind, name)
+    with pytest.raises(OptionError) as caught:
+        cls(**options)
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith(f"{kind[:-1]} {name!r}: "), text
+    assert message in text, text
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("tam", {"kernel_size": 1}), ("tam", {"kernel_size": 31}), ("arc", {"p": 0.5, "k": 1}),
+    ("msea", {"scales": "0.25,1"}), ("msea-arc", {"scales": "1", "kernel_size": 5}),
+    ("msea-tam", {"scales": "0.5", "kernel_size": 1}), ("random", {"seed": 0}),
+])
+def test_values_in_range_are_kept(name, options):
+    method = manager().get("methods", name)(**options)
+    for key, value in options.items():
+        got = getattr(method.options, key)
+        assert got == (tuple(float(v) for v in value.split(",")) if key == "scales" else value)
+
+
+@pytest.mark.parametrize("option", ["tam.kernel_size=-1", "tam.kernel_size=2",
+                                    "msea.scales=0", "arc.p=1"])
+def test_explain_refuses_an_option_out_of_range_before_loading(option, capsys, tmp_path,
+                                                               demo_image, monkeypatch):
+    from mmxai.commands import explain
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(explain, "open_model", refuse)
+    method = option.split(".")[0]
+    code, err = run_cli(capsys, "explain", "no/such-model", demo_image, "--method", method,
+                        "--option", option, "--out", tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: method {method!r}: "), lines[0]
+
+
+@dataclass
+class Loose:
+    table: dict = None  # type: ignore[assignment]
+    items: list = None  # type: ignore[assignment]
+    pair: tuple = ()
+    baseline: Literal["", "blur", "mean"] = ""
+
+
+def test_a_bare_dict_list_or_tuple_reads_json_and_commas():
+    options = make_options("method", "loose", Loose, {"table": '{"a": 1}', "items": "[1, 2]",
+                                                      "pair": "a,b"})
+    assert options.table == {"a": 1} and options.items == [1, 2] and options.pair == ("a", "b")
+    assert make_options("method", "loose", Loose, {"table": {"b": [2]}}).table == {"b": [2]}
+    with pytest.raises(OptionError, match=r"^option loose.table='\[1\]': expected a JSON "
+                                          r"object of any value -> any value$"):
+        make_options("method", "loose", Loose, {"table": "[1]"})
+
+
+def test_an_empty_literal_choice_is_shown_quoted():
+    assert describe(Literal["", "blur", "mean"]) == "one of '', blur, mean"
+    with pytest.raises(OptionError) as caught:
+        make_options("metric", "deletion", manager().get("metrics", "deletion").Options,
+                     {"baseline": "white"})
+    assert str(caught.value) == ("option deletion.baseline='white': expected one of '', blur, "
+                                 "mean, black")
+    assert make_options("method", "loose", Loose, {"baseline": ""}).baseline == ""

@@ -7,6 +7,7 @@ import os
 import torch
 from safetensors import SafetensorError
 
+from mmxai import api, hub
 from mmxai.commands.tiny import find_family
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.model import Model, load_model
@@ -75,12 +76,24 @@ def parse_dtype(spec: str) -> torch.dtype | str:
 _LOAD_ERRORS = (OSError, ValueError, ImportError, SafetensorError, torch.OutOfMemoryError)
 
 
+def check_max_new_tokens(n: object, option: str = "--max-new-tokens") -> int:
+    """``n`` as the number of tokens to generate, checked before any model loads: a whole
+    number from 1 to :data:`mmxai.api.MAX_NEW_TOKENS` (4096), else one line naming
+    ``option`` (:func:`mmxai.api.check_max_new_tokens`)."""
+    return api.check_max_new_tokens(n, option)
+
+
 def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto",
-               trust_remote_code: bool = False) -> Model:
+               trust_remote_code: bool = False, source: hub.Source | None = None) -> Model:
     """A model from a hub name, a local folder, or ``tiny:<family>``.
 
-    Hugging Face's own progress bars are off while it loads (the commands show their own),
-    so stderr holds nothing but what mmxai says."""
+    A folder that does not exist, a hub name the hub does not have or cannot be asked
+    about, or a config whose ``architectures`` is not a list is one line at once
+    (:func:`mmxai.hub.resolve`), never a minute of retries. Hugging Face's own progress bars
+    and retry logging are off while it loads (the commands show their own), so stderr holds
+    nothing but what mmxai says. ``source``: what :func:`mmxai.hub.resolve` already said
+    about ``spec`` (a command that checks it before its progress display starts), so the
+    hub is not asked twice."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -90,7 +103,11 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
             model = find_family(spec[len(TINY):]).tiny()
             model.hf.to(device=device, dtype=None if dtype == "auto" else dtype)
             return model
-        return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        if source is None:
+            source = hub.resolve(spec)
+        with hub.quiet(source.offline):
+            return load_model(source.spec, device=device, dtype=dtype,
+                              trust_remote_code=trust_remote_code)
     except _LOAD_ERRORS as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         cause = first if isinstance(exc, (OSError, ValueError)) and first else \

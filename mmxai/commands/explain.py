@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from mmxai import viewer
+from mmxai import hub, viewer
 from mmxai.api import (
+    MAX_NEW_TOKENS,
     Explanation,
     check_prompt,
     explain_many,
@@ -37,8 +39,15 @@ from mmxai.api import (
     make_method,
 )
 from mmxai.cli import error
-from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
-from mmxai.commands.tiny import shown, writable_folder
+from mmxai.commands.common import (
+    TINY,
+    check_max_new_tokens,
+    open_model,
+    parse_dtype,
+    parse_options,
+    resolve_device,
+)
+from mmxai.commands.tiny import folder_argument, shown, writable_folder
 from mmxai.errors import InputError
 
 DEFAULT_METHOD = "tam"
@@ -55,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", dest="methods", action="extend", nargs="+", metavar="NAME",
                         help=f"attribution method(s), repeatable or comma-separated "
                              f"(default: {DEFAULT_METHOD}; see `mmxai plugins`)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
-    parser.add_argument("--out", type=Path, default=Path("mmxai-out"), metavar="DIR",
+    parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
+                        help=f"length of the greedy answer, 1 to {MAX_NEW_TOKENS} (default: 32)")
+    parser.add_argument("--out", type=folder_argument, default=Path("mmxai-out"), metavar="DIR",
                         help="output folder (default: mmxai-out)")
     parser.add_argument("--option", dest="options", action="append", default=[],
                         metavar="METHOD.KEY=VALUE",
@@ -97,13 +107,22 @@ def _check_targets(out: Path, folders: dict[str, str], n_images: int) -> None:
                              f"a folder of that name")
 
 
+def quiet_generation() -> None:
+    """Inside ``warnings.catch_warnings()``: drop the warnings transformers emits while
+    generating (``Unfeasible length constraints`` when ``--max-new-tokens`` is below the
+    checkpoint's ``generation_config.min_new_tokens``, deprecation notes, ...). They say how
+    ``generate`` read its settings, not what went wrong: the answer's length is
+    ``--max-new-tokens`` at most, as asked, and a successful run's stderr stays empty. The
+    Python API leaves them alone."""
+    warnings.filterwarnings("ignore", module=r"transformers(\.|$)")
+
+
 def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for spec in (args.methods or [DEFAULT_METHOD])
                for m in spec.split(",") if m.strip()]
     methods = list(dict.fromkeys(methods))
     # Everything the user typed is checked before the (slow) model load.
-    if args.max_new_tokens < 1:
-        raise InputError("--max-new-tokens must be at least 1")
+    check_max_new_tokens(args.max_new_tokens)
     check_prompt(args.prompt, "--prompt")
     device = resolve_device(args.device)
     dtype = parse_dtype(args.dtype)
@@ -113,20 +132,29 @@ def run(args: argparse.Namespace) -> int:
     folders = method_folders([m.name for m in instances])
     writable_folder(args.out, "--out")
     _check_targets(args.out, folders, len(images))
+    # A mistyped folder or a hub name that cannot be fetched: one line now, not a minute of
+    # retries after the progress display started.
+    source = None if args.model.startswith(TINY) else hub.resolve(args.model)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
     failures: dict[str, BaseException] = {}
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    stderr = Console(stderr=True)
+    # Off a terminal (a pipe, a log file, a test) rich would still leave a blank line.
+    with Progress(*columns, console=stderr, transient=True,
+                  disable=not stderr.is_terminal) as progress:
         task = progress.add_task(f"loading {shown(args.model)}", total=2 + 2 * len(instances))
-        model = open_model(args.model, device, dtype, args.trust_remote_code)
+        model = open_model(args.model, device, dtype, args.trust_remote_code, source=source)
 
         def on_step(step: str) -> None:  # a step starts: the one before it is done
             label = "tracing (one generation for all methods)" if step == "trace" else step
             progress.update(task, description=shown(label), advance=1)
 
-        explanations = explain_many(model, images, args.prompt, instances,
-                                    max_new_tokens=args.max_new_tokens, on_step=on_step,
-                                    failures=failures, image_names=list(map(str, args.images)))
+        with warnings.catch_warnings():  # see quiet_generation
+            quiet_generation()
+            explanations = explain_many(model, images, args.prompt, instances,
+                                        max_new_tokens=args.max_new_tokens, on_step=on_step,
+                                        failures=failures,
+                                        image_names=list(map(str, args.images)))
         if explanations:
             try:
                 heatmaps = {}

@@ -78,10 +78,41 @@ def writable_folder(folder: Path, what: str) -> Path:
     return folder
 
 
-def save_tiny(family: str, folder: Path, seed: int = 0) -> Model:
+def folder_argument(text: str) -> Path:
+    """An argparse ``type`` for an output folder: an empty or blank name is refused (``Path("")``
+    is the current folder, and writing there was never asked for)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty folder name; give a folder to write into "
+                                         "(use . for the current folder)")
+    return Path(text)
+
+
+#: Files that mark a folder as holding a model already: ``mmxai tiny`` will not overwrite them
+#: unless told to (``--overwrite``).
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json",
+               "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_not_a_model(folder: Path, what: str) -> None:
+    """Refuse, in one line naming ``what``, a folder that already holds a model's config or
+    weights (see :data:`MODEL_FILES`, and any ``*.safetensors``)."""
+    if not folder.is_dir():
+        return
+    found = [name for name in MODEL_FILES if (folder / name).exists()]
+    found += sorted(p.name for p in folder.glob("*.safetensors") if p.name not in found)
+    if found:
+        raise InputError(f"{what} {str(folder)!r} already holds a model ({', '.join(found[:3])}"
+                         f"{', ...' if len(found) > 3 else ''}); writing the tiny model there "
+                         f"would replace it: choose another folder, or pass --overwrite")
+
+
+def save_tiny(family: str, folder: Path, seed: int = 0, overwrite: bool = False) -> Model:
     """Build the tiny model of ``family``; save weights, config, processor and
-    :data:`DEMO_IMAGE` to ``folder``."""
+    :data:`DEMO_IMAGE` to ``folder``. A folder that holds a model already is refused unless
+    ``overwrite``."""
     adapter = find_family(family)
+    if not overwrite:
+        check_not_a_model(folder, "folder")
     writable_folder(folder, "folder")
     model = adapter.tiny(seed=seed)
     model.hf.generation_config.min_new_tokens = MIN_NEW_TOKENS
@@ -106,8 +137,10 @@ def save_demo_image(path: Path, size: int = 256) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("family", help="adapter name or HF architecture (see `mmxai plugins`)")
-    parser.add_argument("dir", type=Path, help="folder to write the model to")
+    parser.add_argument("dir", type=folder_argument, help="folder to write the model to")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder that already holds a model (replacing it)")
 
 
 def shown(value: object) -> str:
@@ -118,10 +151,20 @@ def shown(value: object) -> str:
 
 def run(args: argparse.Namespace) -> int:
     find_family(args.family)  # checked before the folder is made
+    if not args.overwrite:
+        check_not_a_model(args.dir, "DIR")
     writable_folder(args.dir, "DIR")
     console = Console(soft_wrap=True)
-    with console.status(f"building the tiny {shown(args.family)} model"):
-        model = save_tiny(args.family, args.dir, seed=args.seed)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards": the status line says it
+    try:
+        with console.status(f"building the tiny {shown(args.family)} model"):
+            model = save_tiny(args.family, args.dir, seed=args.seed, overwrite=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     n_params = sum(p.numel() for p in model.hf.parameters())
     console.print(f"saved tiny [bold]{shown(model.name)}[/] ({type(model.hf).__name__}, "
                   f"{n_params:,} random parameters) to {shown(args.dir)}")

@@ -50,6 +50,11 @@ class PerturbationOptions:
     def __post_init__(self) -> None:
         if self.steps < 2:
             raise ValueError(f"steps must be at least 2, got {self.steps}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be at least 0 (0: every token), got "
+                             f"{self.max_tokens}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be at least 1, got {self.batch}")
 
 
 def auc(curve: np.ndarray) -> float:

@@ -78,6 +78,9 @@ class RandomisationOptions:
     def __post_init__(self) -> None:
         if not 0 < self.top <= 1:
             raise ValueError(f"top must be in (0, 1], got {self.top}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be at least 0 (0: every token), got "
+                             f"{self.max_tokens}")
 
 
 class Randomisation(Metric):
