@@ -344,6 +344,9 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False,
     except (OSError, ValueError) as exc:
         raise UnsupportedModelError(f"cannot load model {name_or_path!r}: {exc}") from exc
     architectures = getattr(config, "architectures", None) or []
+    if isinstance(architectures, str) or not all(isinstance(a, str) for a in architectures):
+        raise UnsupportedModelError(f"{name_or_path!r}: config.json's architectures must be a "
+                                    f"list of class names, got {architectures!r}")
     if not architectures:
         raise UnsupportedModelError(f"{name_or_path!r}: config names no architecture")
     adapter = adapter_for(architectures[0])

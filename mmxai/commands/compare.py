@@ -35,7 +35,13 @@ from rich.markup import escape
 from mmxai.api import make_method
 from mmxai.cli import error
 from mmxai.commands import workers
-from mmxai.commands.common import open_model, parse_dtype, parse_options, resolve_device
+from mmxai.commands.common import (
+    check_max_new_tokens,
+    open_model,
+    parse_dtype,
+    parse_options,
+    resolve_device,
+)
 from mmxai.commands.leaderboard import check_out
 from mmxai.dataset import Dataset
 from mmxai.errors import InputError, MMXAIError
@@ -75,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("mmxai-results"), metavar="DIR",
                         help="results folder (default: mmxai-results)")
     parser.add_argument("--limit", type=int, metavar="N", help="the first N samples only")
-    parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    parser.add_argument("--max-new-tokens", type=_max_new_tokens, default=32, metavar="N")
     parser.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
                         help="no EOS before N tokens (tiny random models stop at once)")
     parser.add_argument("--device", default="auto",
@@ -106,6 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or generate with the same cause (default: stop with it)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the checkpoint's own Python code to run")
+
+
+def _max_new_tokens(text: str) -> int:
+    """``--max-new-tokens``: a whole number from 1 to the cap (no hour-long generation)."""
+    try:
+        return check_max_new_tokens(int(text))
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--max-new-tokens ")) from exc
 
 
 def _names(specs: list[str] | None) -> tuple[str, ...]:
