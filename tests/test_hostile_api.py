@@ -264,6 +264,7 @@ def unreachable_hub(monkeypatch):
         raise OSError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(hub, "probe", probe)
+    monkeypatch.setattr(hub, "_offline", lambda: False)  # CI runs with HF_HUB_OFFLINE=1
     monkeypatch.setattr(hub, "_cached_config", lambda repo_id: None)
     return calls
 
