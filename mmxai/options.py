@@ -278,7 +278,7 @@ def _dict(value: Any, args: tuple[Any, ...]) -> dict[Any, Any]:
     accepted = f"a JSON object of {describe(key_type)} -> {describe(value_type)}"
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = json.loads(value, object_pairs_hook=_unique_keys)
         except ValueError:
             raise _Mismatch(accepted) from None
     if not isinstance(value, dict):
@@ -287,6 +287,14 @@ def _dict(value: Any, args: tuple[Any, ...]) -> dict[Any, Any]:
         return {_parse(k, key_type): _parse(v, value_type) for k, v in value.items()}
     except _Mismatch:
         raise _Mismatch(accepted) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once (else which is meant cannot be told)."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key given twice")
+    return dict(pairs)
 
 
 def _show(value: Any) -> str:

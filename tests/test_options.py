@@ -298,3 +298,8 @@ def test_an_empty_literal_choice_is_shown_quoted():
     assert str(caught.value) == ("option deletion.baseline='white': expected one of '', blur, "
                                  "mean, black")
     assert make_options("method", "loose", Loose, {"baseline": ""}).baseline == ""
+
+
+def test_a_json_object_option_with_a_key_given_twice_is_refused():
+    with pytest.raises(OptionError, match="a JSON object"):
+        read(table='{"dog": 18, "dog": 1}')
