@@ -77,3 +77,21 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def demo_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_demo_image(tmp_path_factory.mktemp("images") / "demo.png")
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch) -> list[str]:
+    """The Hugging Face hub cannot be reached (a machine without network), and nothing is
+    cached: each probe is one failed request, recorded in the returned list."""
+    from mmxai import hub
+
+    calls: list[str] = []
+
+    def probe(repo_id: str) -> None:
+        calls.append(repo_id)
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(hub, "probe", probe)
+    monkeypatch.setattr(hub, "_offline", lambda: False)  # CI runs with HF_HUB_OFFLINE=1
+    monkeypatch.setattr(hub, "_cached_config", lambda repo_id: None)
+    return calls

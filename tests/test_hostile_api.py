@@ -254,20 +254,6 @@ def test_with_failures_a_missing_layer_fails_only_its_method(model):
 
 
 # -- finding 8: model names and folders --------------------------------------------------------
-@pytest.fixture
-def unreachable_hub(monkeypatch):
-    """The hub cannot be reached (as on a machine without network): one failed request."""
-    calls = []
-
-    def probe(repo_id):
-        calls.append(repo_id)
-        raise OSError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(hub, "probe", probe)
-    monkeypatch.setattr(hub, "_offline", lambda: False)  # CI runs with HF_HUB_OFFLINE=1
-    monkeypatch.setattr(hub, "_cached_config", lambda repo_id: None)
-    return calls
-
 
 @pytest.mark.parametrize(("spec", "cause"), [
     ("/nonexist/model", "no such folder"),

@@ -850,21 +850,6 @@ def test_an_empty_tiny_dir_is_refused(tiny_families, tmp_path, capsys, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture
-def unreachable_hub(monkeypatch):
-    from mmxai import hub
-
-    calls = []
-
-    def probe(repo_id):
-        calls.append(repo_id)
-        raise OSError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(hub, "probe", probe)
-    monkeypatch.setattr(hub, "_offline", lambda: False)  # CI runs with HF_HUB_OFFLINE=1
-    monkeypatch.setattr(hub, "_cached_config", lambda repo_id: None)
-    return calls
-
 
 @pytest.mark.parametrize(("model", "cause"), [
     ("/nonexist/model", "no such folder"),
