@@ -76,6 +76,9 @@ class WordOptions:
     """
 
     reference_compatible: bool = False
+    # "lists": kinds from the closed-class lists (no NLTK data); "nltk": the TAM reference's
+    # typing, NLTK's perceptron tagger on each isolated word and WordNet lemmas (mmxai.nltk_words)
+    tagger: Literal["lists", "nltk"] = "lists"
     prepositions: bool = False  # count prepositions (IN, TO) as function words
     numbers: bool = False  # count numbers (CD) as function words
     auxiliaries: bool = True  # count be/have/do forms as function words

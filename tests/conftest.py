@@ -12,6 +12,11 @@ Fixtures (all offline, CPU):
   processor, ``demo.png``, a generation config asking for at least 4 tokens), built once.
   Load it with ``mmxai.model.load_model(str(path))``; do not write into it.
 - ``demo_image`` (session): path of a 256x256 PNG photo (scikit-image's astronaut).
+- ``nltk_data`` (session): the NLTK data folder of the TAM reference protocol (tagger and
+  WordNet, ``../shared/nltk_data`` beside the checkout unless ``NLTK_DATA`` names one);
+  ``NLTK_DATA`` is set to it for the whole session, so tests of ``--protocol tam-reference``
+  run offline. A missing folder fails those tests with where it was looked for: they must
+  run in CI, never be skipped.
 
 Parametrisation: a test that takes an argument named ``tiny_family`` runs once per family in
 ``tiny_families`` (ids are the adapter names), so a new adapter with a tiny builder is
@@ -21,6 +26,7 @@ once with ``"<none>"`` and fails when it asks for the model.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +36,10 @@ import torch
 from mmxai.commands.tiny import families as _families
 from mmxai.commands.tiny import find_family, save_demo_image, save_tiny
 from mmxai.model import Model
+
+REPO = Path(__file__).resolve().parents[1]
+NLTK_DATA = Path(os.environ.get("NLTK_DATA") or REPO.parent / "shared" / "nltk_data")
+os.environ["NLTK_DATA"] = str(NLTK_DATA)  # before any test imports nltk, which reads it once
 
 # Tiny models are all overhead: more threads only contend (20x slower on a loaded 2-core box).
 torch.set_num_threads(1)
@@ -95,3 +105,14 @@ def unreachable_hub(monkeypatch) -> list[str]:
     monkeypatch.setattr(hub, "_offline", lambda: False)  # CI runs with HF_HUB_OFFLINE=1
     monkeypatch.setattr(hub, "_cached_config", lambda repo_id: None)
     return calls
+
+
+@pytest.fixture(scope="session")
+def nltk_data() -> Path:
+    """The NLTK data folder (tagger + WordNet) of the TAM reference protocol."""
+    tagger = NLTK_DATA / "taggers" / "averaged_perceptron_tagger_eng"
+    wordnet = NLTK_DATA / "corpora" / "wordnet"
+    if not (tagger.is_dir() and wordnet.is_dir()):
+        pytest.fail(f"NLTK data for the tam-reference protocol not found in {NLTK_DATA} "
+                    "(set NLTK_DATA, or keep ../shared/nltk_data beside the checkout)")
+    return NLTK_DATA

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from skimage.filters import threshold_otsu
@@ -34,9 +34,12 @@ from mmxai.metric import EvalItem, Metric, Parts
 
 @dataclass(frozen=True)
 class LocalisationOptions:
-    """``reference_compatible``: reproduce the reference where it differs (see module doc)."""
+    """``reference_compatible``: reproduce the reference where it differs (see module doc);
+    ``protocol="tam-reference"``: the reference's evaluation exactly (OpenCV's mask reading,
+    resize and Otsu; NaN precision; docs/evaluation.md)."""
 
     reference_compatible: bool = False
+    protocol: Literal["default", "tam-reference"] = "default"
 
 
 @dataclass
