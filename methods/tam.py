@@ -69,9 +69,10 @@ class TAM(Method):
         classes = item_ids.copy()
         explained = n + tokens
         if o.reference_compatible:
-            if n:  # Q2: generated token 0 gets prompt item 0, scored by its argmax prediction
-                w = trace.model.unembedding()
-                classes[0] = int((trace.hidden[prompt[0]].to(w.device, w.dtype) @ w.T).argmax())
+            if n and (o.eci or (tokens == 0).any()):
+                # Q2: generated token 0 gets prompt item 0, scored by its argmax prediction;
+                # item 0 is otherwise needed only as ECI context of the later items
+                classes[0] = trace.top_class(int(prompt[0]))
                 explained = np.where(tokens == 0, 0, explained)
             if trace.n_generated:  # Q1: generated token 0 is scored by the template's last id
                 classes[n] = int(trace.sequence[L - 1])

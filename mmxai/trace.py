@@ -99,6 +99,23 @@ class Trace:
         tok = self.model.tokenizer
         return [tok.decode([int(t)]) for t in self.generated_ids]
 
+    def top_class(self, position: int) -> int:
+        """The argmax of the full-vocabulary logits at ``position``: the model's own greedy
+        prediction there, for positions generation did not score (TAM's reference scores
+        generated token 0 by the prediction at the first prompt position, Q2).
+
+        One (V, d) matrix-vector product, the one cost that cannot be avoided (the argmax needs
+        every logit): computed once per trace and position, shared by every method, on the
+        unembedding's device and in its dtype, as the model's ``lm_head`` computes it.
+        """
+        key = ("top_class", int(position))
+        if key not in self.cache:
+            w = self.model.unembedding()
+            with torch.no_grad():
+                h = self.hidden[int(position)].to(w.device, w.dtype)
+                self.cache[key] = int(torch.nn.functional.linear(h, w).argmax())
+        return self.cache[key]
+
     def logits(self, classes: Sequence[int], positions: Sequence[int] | np.ndarray | None = None,
                layer: int | None = None) -> torch.Tensor:
         """Logits of ``classes`` at ``positions`` (all T-1 by default): (P, C), float32.
