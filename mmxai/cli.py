@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "explain each generated token of a model's answer about images"),
     "compare": ("mmxai.commands.compare",
                 "run several methods on a dataset and score them with metrics"),
+    "score": ("mmxai.commands.score", "score saved maps (other tools' or mmxai's) like compare"),
     "leaderboard": ("mmxai.commands.leaderboard",
                     "rank methods from saved comparison results"),
     "plugins": ("mmxai.commands.plugins",

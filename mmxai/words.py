@@ -2,7 +2,7 @@
 
 The localisation metrics score *words*, not tokens: a noun is scored against the mask of its
 category, a function word against the whole background. This module turns the generated
-token strings into :class:`Word` objects, in pure Python, without NLTK data:
+token strings into :class:`Word` objects, by default in pure Python, without NLTK data:
 
 1. :func:`group_tokens` groups the token strings into words (TAM's rules, read on the token
    strings directly instead of a decode/re-tokenize round trip, so word and map indices can
@@ -13,7 +13,8 @@ token strings into :class:`Word` objects, in pure Python, without NLTK data:
    hot dog).
 
 :class:`WordOptions` holds every choice; ``reference_compatible=True`` reproduces the TAM
-reference's grouping and its last-match-wins, part-of-a-name category matching.
+reference's grouping and its last-match-wins, part-of-a-name category matching, and with
+``tagger="nltk"`` its NLTK word types and WordNet lemmas too (:mod:`mmxai.nltk_words`).
 
 The word lists, the COCO categories, the synonyms and :func:`lemma` live in
 :mod:`mmxai.lexicon` and are importable from here too.
@@ -72,7 +73,8 @@ class WordOptions:
     ``reference_compatible`` reproduces the reference where that needs no NLTK data: its
     grouping (EOS glued to the last word, the punctuation-substring rule), no auxiliaries,
     no synonyms, and its matching (each part of a category name compared with the
-    lemmatised word, the last matching category wins: "dog" -> hot dog, Q4).
+    lemmatised word, the last matching category wins: "dog" -> hot dog, Q4). With
+    ``tagger="nltk"`` as well it is the reference exactly (the ``tam-reference`` protocol).
     """
 
     reference_compatible: bool = False
@@ -283,17 +285,34 @@ def label_words(groups: Sequence[tuple[str, list[int]]], categories: Mapping[str
     the phrase it belongs to) names a category (``label`` set) or is a common noun
     (``label`` None), else ``"other"``. ``word_labels`` (a dataset that knows each word's
     label exactly) replaces the category matching: its phrases match whole, no synonyms.
+
+    ``tagger="nltk"`` (:mod:`mmxai.nltk_words`, needs NLTK and its data): the kind is the
+    Penn tag of the word alone, as in the reference, and only a word tagged a noun keeps a
+    label, from ``word_labels`` too. The reference picks the words it scores by their tags,
+    so a label must not make it score a word it ignores ("hot" of "hot dog" is an adjective).
+    With ``reference_compatible`` the noun's label is the reference's WordNet-lemma match.
     """
     options = options or WordOptions()
-    function_words = options.function_words()
-    common = (frozenset(options.common_nouns) if options.common_nouns is not None
-              else COMMON_NOUNS)
     keys = [_key(text) for text, _ in groups]
-    is_function = [k in function_words for k in keys]
+    tagged = None
+    if options.tagger == "nltk":  # imported here: the default lists need no NLTK
+        from mmxai import nltk_words
+
+        tagged = nltk_words.word_kinds([text for text, _ in groups],
+                                       prepositions=options.prepositions,
+                                       numbers=options.numbers)
+    if tagged is None:
+        function_words = options.function_words()
+        is_function = [k in function_words for k in keys]
+    else:
+        is_function = [kind == "function" for kind in tagged]
 
     if word_labels is not None:
         table = _phrase_table(word_labels, None, head_nouns=False)
         labels = _match_phrases(_phrase_keys(keys, is_function), table)
+    elif options.reference_compatible and tagged is not None:
+        labels = [nltk_words.reference_label(text, categories) if kind == "noun" else None
+                  for (text, _), kind in zip(groups, tagged, strict=True)]
     elif options.reference_compatible:
         labels = [None if f else _reference_label(text, categories)
                   for (text, _), f in zip(groups, is_function, strict=True)]
@@ -302,6 +321,11 @@ def label_words(groups: Sequence[tuple[str, list[int]]], categories: Mapping[str
         table = _phrase_table(categories, synonyms, options.head_nouns)
         labels = _match_phrases(_phrase_keys(keys, is_function), table)
 
+    if tagged is not None:
+        return [Word(text, list(tokens), kind, label if kind == "noun" else None)
+                for (text, tokens), kind, label in zip(groups, tagged, labels, strict=True)]
+    common = (frozenset(options.common_nouns) if options.common_nouns is not None
+              else COMMON_NOUNS)
     words = []
     for (text, tokens), key, function, label in zip(groups, keys, is_function, labels,
                                                      strict=True):

@@ -136,7 +136,11 @@ def test_provenance_stores_the_spec_whole(tmp_path, tiny_model):
     assert RunSpec.from_dict(record["run"]) == spec
     assert stored_key.options_hash == key(spec)
     assert (record["max_new_tokens"], record["min_new_tokens"], record["seed"]) == (2, 2, 3)
-    assert record["words"] == dataclasses.asdict(spec.words) | {"common_nouns": ["dog"]}
+    # the word options as hashed: the tagger at its default ("lists") is left out, so keys
+    # stored before the tam-reference protocol added it still match
+    words = dataclasses.asdict(spec.words) | {"common_nouns": ["dog"]}
+    del words["tagger"]
+    assert record["words"] == words
 
 
 class _Process:

@@ -12,6 +12,13 @@ With neither ``--model`` nor ``--dataset`` it runs the bundled benchmark: the re
 dataset whose class sets ``default_benchmark = True``, on that class's ``default_model``.
 ``--model tiny:<family>`` builds the family's tiny random model in memory (tests, demos).
 
+``--protocol`` names the evaluation protocol (:mod:`mmxai.protocols`): its words and the
+options it sets on each localisation metric (their columns say so,
+``obj-iou[protocol=tam-reference]``); a metric option that contradicts it is refused.
+``--save-maps DIR`` writes the maps of every (model, method, sample) computed, as
+``DIR/<model>/<method>/<sample id>.npz`` (:mod:`mmxai.saved_maps`); samples resumed from the
+store are not computed again, so their maps are not written.
+
 ``--workers N`` splits the samples over N processes (:mod:`mmxai.commands.workers`), each
 writing shard i/N's store; the parent draws the progress and merges the stores. ``auto``
 uses one per core for small models on CPU, and 1 otherwise.
@@ -32,6 +39,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from mmxai import protocols
 from mmxai.api import make_method
 from mmxai.cli import error
 from mmxai.commands import workers
@@ -80,6 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "deletion.steps=16 (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("mmxai-results"), metavar="DIR",
                         help="results folder (default: mmxai-results)")
+    parser.add_argument("--protocol", default=protocols.DEFAULT, metavar="NAME",
+                        help=f"evaluation protocol (default: {protocols.DEFAULT}); "
+                             + "; ".join(f"{p.name}: {p.summary}"
+                                         for p in protocols.PROTOCOLS.values()))
+    parser.add_argument("--save-maps", type=Path, metavar="DIR",
+                        help="write each computed sample's maps to DIR/<model>/<method>/"
+                             "<sample id>.npz (samples resumed from --out are not computed "
+                             "again: their maps are not written)")
     parser.add_argument("--limit", type=int, metavar="N", help="the first N samples only")
     parser.add_argument("--max-new-tokens", type=_max_new_tokens, default=32, metavar="N")
     parser.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
@@ -137,7 +153,8 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         generation=Generation(args.max_new_tokens, args.min_new_tokens, args.dtype),
         batch_size=args.batch, seed=args.seed, bootstrap=args.bootstrap, limit=args.limit,
         retry=not args.no_retry, keep_going=args.keep_going, device=args.device,
-        trust_remote_code=args.trust_remote_code, out=args.out)
+        trust_remote_code=args.trust_remote_code, out=args.out, protocol=args.protocol,
+        save_maps=args.save_maps)
 
 
 def default_benchmark() -> type[Dataset]:
@@ -185,6 +202,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 def build_plan(spec: RunSpec) -> Plan:
     """The plan of ``spec``: what it names, built (in the parent and in each worker)."""
+    protocols.require(spec.protocol)  # its libraries and data, before anything loads
     chosen = spec.selection
     dataset_cls = (manager().get("datasets", chosen.dataset) if chosen.dataset
                    else default_benchmark())
@@ -205,8 +223,8 @@ def build_plan(spec: RunSpec) -> Plan:
                for name in {*given, *dataset_cls.default_options}}
     dataset = dataset_cls(root=chosen.data_root, **options.get(dataset_cls.name, {}))
     method_objs = [make_method(name, **options.get(name, {})) for name in methods]
-    metric_objs = [NamedMetric.make(manager().get("metrics", name), options.get(name))
-                   for name in metrics]
+    metric_objs = [NamedMetric.make(manager().get("metrics", name), options.get(name),
+                                    spec.protocol) for name in metrics]
     return Plan(spec, dataset, method_objs, metric_objs, models,
                 # the bundled model is keyed by its folder's name, not this machine's path
                 [Path(models[0]).name] if bundled else [model_label(s) for s in models],
@@ -234,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
                          "a shard is one worker; run --shard i/n per process instead")
     shard = Shard.parse(args.shard) if args.shard else Shard.from_env()
     check_out(spec.out)
+    if spec.save_maps is not None:
+        check_out(spec.save_maps, "--save-maps")
     samples = len(plan.evaluator(None, reporter=Reporter()).samples())
     if workers_given is not None:
         count = workers_given

@@ -10,6 +10,10 @@ Writes into ``--out``:
   reshape with :mod:`mmxai.maps`;
 - ``run.json``: model, prompt, answer, methods and options, and the methods that failed.
 
+With ``--save-maps DIR``, each method's maps also go to ``DIR/<method>/<sample_id>.npz`` in
+the format ``mmxai score`` reads (:mod:`mmxai.saved_maps`; ``--sample-id``, default the
+first image's file name without its extension), replacing a file of that name.
+
 Exit codes: 0 when every method gave maps; 2 when the run was refused (bad input, nothing
 written) or every method failed; :data:`PARTIAL` (3) when some methods failed (one line
 each on stderr) and the others' maps and pages were written.
@@ -49,6 +53,8 @@ from mmxai.commands.common import (
 )
 from mmxai.commands.tiny import folder_argument, shown, writable_folder
 from mmxai.errors import InputError
+from mmxai.saved_maps import maps_path, save_maps
+from mmxai.words import token_pieces
 
 DEFAULT_METHOD = "tam"
 HEATMAP_SIDE = 192  # maps are smooth: the page needs no more pixels than this
@@ -77,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model dtype: auto, float32, bfloat16 or float16")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the checkpoint's own Python code to run")
+    parser.add_argument("--save-maps", type=folder_argument, metavar="DIR",
+                        help="also write each method's maps to DIR/<method>/<sample_id>.npz, "
+                             "for `mmxai score` and other tools")
+    parser.add_argument("--sample-id", metavar="ID",
+                        help="the sample id --save-maps names the file after (default: the "
+                             "first image's file name without its extension)")
 
 
 def method_folders(names: list[str]) -> dict[str, str]:
@@ -132,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     folders = method_folders([m.name for m in instances])
     writable_folder(args.out, "--out")
     _check_targets(args.out, folders, len(images))
+    sample_id = _check_save_maps(args, folders)
     # A mistyped folder or a hub name that cannot be fetched: one line now, not a minute of
     # retries after the progress display started.
     source = None if args.model.startswith(TINY) else hub.resolve(args.model)
@@ -163,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
                     write_method(explanation, render_overlays(explanation, images), args.out,
                                  folders[name])
                     heatmaps[name] = render_heatmaps(explanation, images)
+                    if sample_id is not None:
+                        save_method_maps(explanation, args.save_maps / folders[name],
+                                         sample_id)
                 progress.update(task, advance=1)
                 pages = write_pages(explanations, heatmaps, images, args.out,
                                     title=f"mmxai: {args.model}",
@@ -181,7 +197,50 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold]answer:[/] {shown(repr(first.text))}")
     console.print(f"{len(first.tokens)} tokens x {len(explanations)} method(s) x "
                   f"{len(images)} image(s) -> {shown(args.out)}/; open {shown(pages[0])}")
+    if sample_id is not None:
+        console.print(f"maps for mmxai score -> {shown(args.save_maps)}/<method>/"
+                      f"{shown(maps_path('.', sample_id).name)}")
     return PARTIAL if failures else 0
+
+
+def _check_save_maps(args: argparse.Namespace, folders: dict[str, str]) -> str | None:
+    """The sample id ``--save-maps`` files are named after (None without ``--save-maps``),
+    its folders checked writable before the model loads."""
+    if args.save_maps is None:
+        if args.sample_id is not None:
+            raise InputError(f"--sample-id {args.sample_id!r}: names the files of --save-maps, "
+                             "which is not given")
+        return None
+    sample_id = args.sample_id if args.sample_id is not None else Path(args.images[0]).stem
+    try:
+        name = maps_path(args.save_maps, sample_id).name
+    except InputError as exc:  # an empty id, or one too long for a file name
+        raise InputError(f"--sample-id: {exc}") from exc
+    writable_folder(args.save_maps, "--save-maps")
+    for folder in folders.values():
+        target = args.save_maps / folder
+        if target.exists() and not target.is_dir():
+            raise InputError(f"--save-maps {str(args.save_maps)!r}: {folder} is a file there; "
+                             "the run writes a folder of that name")
+        if (target / name).is_dir():
+            raise InputError(f"--save-maps {str(args.save_maps)!r}: {folder}/{name} is a "
+                             "folder there; the run writes a file of that name")
+    return sample_id
+
+
+def save_method_maps(explanation: Explanation, folder: Path, sample_id: str) -> Path:
+    """One method's maps as ``folder/<sample_id>.npz`` (:func:`mmxai.saved_maps.save_maps`):
+    the explained tokens each decoded on its own, and the maps over the trace's grids."""
+    trace = explanation.trace
+    pieces, special = token_pieces(trace.model.tokenizer, trace.generated_ids.tolist())
+    try:
+        return save_maps(folder, sample_id, [pieces[t] for t in explanation.tokens],
+                         [special[t] for t in explanation.tokens], explanation.maps,
+                         trace.grids)
+    except OSError as exc:  # disk full, a file appearing in the way, ...
+        raise InputError(f"--save-maps {str(folder.parent)!r}: cannot write "
+                         f"{str(maps_path(folder, sample_id))!r} ({exc.strerror or exc})"
+                         ) from exc
 
 
 def render_overlays(explanation: Explanation, images: list[Image.Image]) -> list[list[bytes]]:

@@ -11,24 +11,30 @@ Per sample, whatever the number of methods (each sample a
 3. group the generated tokens into labelled words (:func:`mmxai.words.words_from_trace`);
 4. call every method (``method(trace)``, which checks its maps) on the shared trace for all
    generated tokens, measuring its seconds per token and peak memory (``EvalItem.cost``);
-5. run every metric's ``measure`` on the method's :class:`~mmxai.metric.EvalItem`.
+5. with ``spec.save_maps``, write each method's maps (:func:`mmxai.saved_maps.save_maps`
+   into :meth:`RunSpec.maps_folder <mmxai.evaluation.spec.RunSpec.maps_folder>`);
+6. run every metric's ``measure`` on the method's :class:`~mmxai.metric.EvalItem`.
 
 Extra passes (gradients, masked images, a randomised model) belong to the methods and
 metrics; what several of them share is cached on ``trace.cache`` for the sample.
 Methods explain all tokens of a sample in one call, and the deletion/insertion metrics
 batch their masked images.
 
-Every setting comes from one :class:`~mmxai.evaluation.spec.RunSpec`; what the evaluator
+Every setting comes from one :class:`~mmxai.evaluation.spec.RunSpec`, the evaluation
+protocol (:mod:`mmxai.protocols`) included: its words, and the options it sets on each
+localisation metric (:meth:`NamedMetric.make`, checked here); what the evaluator
 has to say (progress, failures, notes) goes to a
 :class:`~mmxai.evaluation.report.Reporter` the caller passes in.
 
 Anything that goes wrong with one sample (an unreadable image, a missing or wrong-size
-mask, a method or metric that raises, maps of the wrong shape, a metric value that is not a
-finite number) becomes a ``failed`` row naming the sample and the cause, the run goes on,
-and the summary counts it. All rows of a sample are written in one transaction as soon as
-the sample is done, so a killed run loses at most the samples of the batch in flight not yet
-written, and a rerun skips every (sample, method, metric) stored ``ok`` or ``skipped`` and
-retries the ``failed`` ones (``retry=False`` keeps them; the store keeps every attempt).
+mask, a method or metric that raises, maps of the wrong shape or that cannot be saved, a
+metric value that is not a finite number) becomes a ``failed`` row naming the sample and
+the cause, the run goes on, and the summary counts it. All rows of a sample are written
+in one transaction as soon as the sample is done, so a killed run loses at most the samples
+of the batch in flight not yet written, and a rerun skips every (sample, method, metric)
+stored ``ok`` or ``skipped`` and retries the ``failed`` ones (``retry=False`` keeps them;
+the store keeps every attempt). Maps are saved only for what is computed: a resumed
+sample's are not written again (the run notes how many were not).
 
 One exception: when the first :data:`~mmxai.evaluation.jobs.STOP_AFTER` samples that reach
 the model all fail to prepare or generate with the same cause, the model cannot run as set
@@ -51,19 +57,22 @@ from typing import Any
 
 import numpy as np
 
+from mmxai import protocols
 from mmxai.dataset import Dataset, Sample
-from mmxai.errors import MMXAIError
+from mmxai.errors import InputError, MMXAIError
 from mmxai.evaluation import provenance
 from mmxai.evaluation.jobs import SampleJob, Streak, cause, generate, prefixed, prepare, reseed
 from mmxai.evaluation.profiling import measure
 from mmxai.evaluation.report import ConsoleReporter, Reporter, few
-from mmxai.evaluation.spec import RunSpec, Shard
+from mmxai.evaluation.spec import RunSpec, Shard, check_protocol, protocol_clashes
 from mmxai.evaluation.store import ResultStore, Row, RunKey
 from mmxai.method import Method
 from mmxai.metric import EvalItem, Metric, Parts
 from mmxai.model import Model
+from mmxai.protocols import Protocol
+from mmxai.saved_maps import save_maps
 from mmxai.trace import Needs
-from mmxai.words import words_from_trace
+from mmxai.words import token_pieces, words_from_trace
 
 
 @dataclass
@@ -75,11 +84,23 @@ class NamedMetric:
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def make(cls, metric_cls: type[Metric], options: dict[str, Any] | None = None) -> NamedMetric:
-        metric = metric_cls(**(options or {}))
+    def make(cls, metric_cls: type[Metric], options: dict[str, Any] | None = None,
+             protocol: str | Protocol = protocols.DEFAULT) -> NamedMetric:
+        """``metric_cls`` with ``options`` and those ``protocol`` sets on it (the default
+        sets none); an option that contradicts the protocol is refused."""
+        protocol = protocols.get(protocol)
+        given = dict(options or {})
+        metric = metric_cls(**given)
+        for key, value in protocol_clashes(metric, protocol).items():
+            if key in given:
+                raise InputError(f"--option {metric_cls.name}.{key}={given[key]}: contradicts "
+                                 f"--protocol {protocol.name}, which sets {key}={value}")
+        if protocol.options_for(metric_cls.name):
+            given |= protocol.options_for(metric_cls.name)
+            metric = metric_cls(**given)
         # The label and provenance show the values as read (``False``, not ``"false"``),
         # so the same setting typed two ways is one column.
-        options = {key: getattr(metric.options, key) for key in (options or {})}
+        options = {key: getattr(metric.options, key) for key in given}
         label = metric_cls.name
         if options:
             label += "[" + ",".join(f"{k}={options[k]}" for k in sorted(options)) + "]"
@@ -162,6 +183,8 @@ class Evaluator:
     ``shard`` keeps every ``count``-th sample of the first ``spec.limit`` (default: all).
     ``reporter`` is told each sample done (computed now or found stored, so it can draw
     progress), each failure and each note (default: bars and lines on stderr).
+    ``spec.protocol``'s libraries must be installed, and ``metrics`` made with its options
+    (``NamedMetric.make(cls, options, spec.protocol)``); anything else is refused.
     """
 
     def __init__(self, dataset: Dataset, methods: Sequence[Method],
@@ -175,11 +198,13 @@ class Evaluator:
         names = [m.name for m in methods]
         if len(set(names)) != len(names):
             raise MMXAIError(f"a method is listed twice: {', '.join(names)}")
+        self.spec = spec or RunSpec()
+        protocols.require(self.spec.protocol)
+        check_protocol(self.spec.protocol, {m.label: m.metric for m in metrics})
         self.dataset = dataset
         self.methods = list(methods)
         self.metrics = {m.label: m for m in metrics}
         self.store = store
-        self.spec = spec or RunSpec()
         self.shard = shard or Shard()
         self.reporter = reporter or ConsoleReporter()
         needs = Needs()
@@ -219,6 +244,7 @@ class Evaluator:
         summary = Summary(label, samples=len(samples))
         size = self.spec.batch_for(model.device) if model.supports_batching else 1
         streak = Streak(watching=not self.spec.keep_going)
+        stored = 0  # (sample, method) pairs found in the store: their maps are not computed
         with self.reporter.progress(f"{label} · {self.dataset.name}", total=len(samples)):
             batch: list[SampleJob] = []
             for position, (index, sample) in enumerate(samples):
@@ -226,6 +252,7 @@ class Evaluator:
                                  if metric not in done[m.name].get(sample.id, set())]
                         for m in self.methods}
                 todo = {name: metrics for name, metrics in todo.items() if metrics}
+                stored += len(self.methods) - len(todo)
                 if todo:
                     batch.append(SampleJob(index, sample, todo))
                     self.store.add_prompts(keys.values(), sample.id,
@@ -242,6 +269,11 @@ class Evaluator:
                         self.reporter.sample_done()
                         streak.see(job)
                     batch = []
+        if self.spec.save_maps is not None and stored:
+            where = f" (shard {self.shard.label})" if self.shard.count > 1 else ""
+            self.reporter.note(f"--save-maps: {label}{where}: {stored} (sample, method) "
+                               "pair(s) were already stored and are not computed again, so "
+                               "their maps are not written (a new --out computes them)")
         return summary
 
     def _count(self, job: SampleJob, rows: list[Row], summary: Summary) -> None:
@@ -319,6 +351,12 @@ class Evaluator:
                 why = prefixed(f"method {method.name!r}", cause(exc))
                 rows += job.failed_rows(keys, why, [method.name])
                 continue
+            try:
+                self._save_maps(keys[method.name], job, maps)
+            except Exception as exc:  # a full disk, a folder not writable
+                why = f"--save-maps: method {method.name!r}: {cause(exc)}"
+                rows += job.failed_rows(keys, why, [method.name])
+                continue
             item = EvalItem(job.sample, model, method, job.trace, maps, words, job.mask, cost)
             rows += [self._measure(keys[method.name], job, item, label)
                      for label in job.todo[method.name]]
@@ -331,6 +369,16 @@ class Evaluator:
             maps = method(job.trace)
         cost["seconds_per_token"] = cost["seconds"] / max(1, job.trace.n_generated)
         return maps, cost
+
+    def _save_maps(self, key: RunKey, job: SampleJob, maps: np.ndarray) -> None:
+        """With ``spec.save_maps``, write ``maps`` (G, N) of the job's sample for ``key``'s
+        model and method."""
+        if self.spec.save_maps is None:
+            return
+        trace = job.trace
+        tokens, special = token_pieces(trace.model.tokenizer, trace.generated_ids.tolist())
+        save_maps(self.spec.maps_folder(key.model, key.method), job.sample.id, tokens, special,
+                  maps, trace.grids)
 
     def _measure(self, key: RunKey, job: SampleJob, item: EvalItem, label: str) -> Row:
         named = self.metrics[label]

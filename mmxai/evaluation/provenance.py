@@ -200,10 +200,22 @@ def run_settings(method: Any, dataset: Dataset, spec: RunSpec, dtype: str) -> di
         "dataset_options": dataset_options(dataset),
         "max_new_tokens": spec.generation.max_new_tokens,
         "min_new_tokens": spec.generation.min_new_tokens,
-        "words": None if spec.words is None else jsonable(dataclasses.asdict(spec.words)),
+        "words": _words(spec),
         "seed": spec.seed,
         "dtype": dtype,
     }
+
+
+def _words(spec: RunSpec) -> dict[str, Any] | None:
+    """The word options as hashed: a field added later is left out at its default, so the
+    keys stored before it existed still match (``tagger`` came with the tam-reference
+    protocol)."""
+    if spec.words is None:
+        return None
+    words = jsonable(dataclasses.asdict(spec.words))
+    if words.get("tagger") == "lists":
+        del words["tagger"]
+    return words
 
 
 def prompt_hash(prompt: str) -> str:

@@ -7,6 +7,8 @@ dataset, methods and metrics, into worker processes (it pickles), into the
 (:func:`mmxai.evaluation.provenance.run_settings` hashes the part that changes results)
 and, whole, into every provenance record (``run``, :meth:`RunSpec.to_dict`). Its values are
 checked once, here, when it is made (inseq's typed argument dataclasses are the model).
+Its ``protocol`` (:mod:`mmxai.protocols`) fixes its words here and, through
+:func:`check_protocol`, the options of its localisation metrics.
 
 :class:`Shard` is not part of the spec: it says which part of the samples one process
 evaluates (``--shard``, torchrun's ``RANK``, a worker's index), so shards of one run share
@@ -18,15 +20,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mmxai import protocols
 from mmxai.errors import InputError, MMXAIError
+from mmxai.protocols import Protocol
 from mmxai.words import WordOptions
+
+if TYPE_CHECKING:
+    from mmxai.metric import Metric
 
 
 def default_batch(device: torch.device) -> int:
@@ -76,18 +84,23 @@ class Generation:
 class RunSpec:
     """Every setting of a run, checked once.
 
-    ``words`` are the options of :func:`mmxai.words.words_from_trace` (None: its defaults).
+    ``protocol`` names the evaluation protocol (:mod:`mmxai.protocols`); ``words`` are the
+    options of :func:`mmxai.words.words_from_trace` (None: its defaults). A protocol other
+    than ``default`` fixes the words: left unset they are its own, other words are refused.
     ``batch_size`` samples share one ``generate`` call (None: :func:`default_batch` for the
     model's device). ``bootstrap`` resamples give the leaderboard's intervals, seeded by
     ``seed``, which also reseeds every step of every sample. ``limit`` keeps the first
     samples (before sharding). ``retry`` computes again what is stored as ``failed``;
     ``keep_going`` runs on when the first samples all fail alike in the model. ``device``
     and ``trust_remote_code`` say how models are opened, ``out`` where results go.
+    ``save_maps``: the folder each sample's maps are written to when they are computed (not
+    for samples resumed from the store); None: nowhere. It changes no result: no run key.
     """
 
     selection: Selection = field(default_factory=Selection)
     generation: Generation = field(default_factory=Generation)
     words: WordOptions | None = None
+    protocol: str = protocols.DEFAULT
     batch_size: int | None = 1
     seed: int = 0
     bootstrap: int = 1000
@@ -97,8 +110,19 @@ class RunSpec:
     device: str = "auto"
     trust_remote_code: bool = False
     out: Path = Path("mmxai-results")
+    save_maps: Path | None = None
 
     def __post_init__(self) -> None:
+        protocol = protocols.get(self.protocol)  # an unknown name: one line
+        words = self.words
+        if protocol.name != protocols.DEFAULT:
+            if words is not None and words != protocol.words:
+                raise InputError(f"--protocol {protocol.name} fixes the word options: leave "
+                                 f"them unset (given: {words})")
+            words = protocol.words
+        # frozen: the one place a spec completes itself, before anyone reads it
+        object.__setattr__(self, "protocol", protocol.name)
+        object.__setattr__(self, "words", words)
         if self.limit is not None and self.limit < 1:
             raise InputError("--limit must be at least 1")
         if self.seed < 0:  # numpy's generators take no negative seed
@@ -111,6 +135,14 @@ class RunSpec:
     def batch_for(self, device: torch.device) -> int:
         """Samples per ``generate`` call on ``device``."""
         return self.batch_size or default_batch(device)
+
+    def maps_folder(self, label: str, method: str) -> Path:
+        """Where ``save_maps`` holds model ``label``'s maps of ``method``, each made one
+        portable folder name (``Qwen/Qwen2-VL-2B-Instruct`` -> ``Qwen--Qwen2-VL-2B-Instruct``,
+        ``tiny:llava`` -> ``tiny_llava``)."""
+        if self.save_maps is None:
+            raise MMXAIError("this run saves no maps (no save_maps folder)")
+        return self.save_maps / _folder_name(label) / _folder_name(method)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON (tuples as lists, paths as strings): what provenance
@@ -125,12 +157,45 @@ class RunSpec:
             selection["data_root"] = Path(selection["data_root"])
         words = None if data["words"] is None else WordOptions(**_tuples(data["words"]))
         rest = {k: v for k, v in data.items() if k not in ("selection", "generation", "words")}
+        # specs stored before ``protocol`` and ``save_maps`` existed take their defaults
+        if rest.get("save_maps") is not None:
+            rest["save_maps"] = Path(rest["save_maps"])
         return cls(Selection(**selection), Generation(**data["generation"]), words,
                    **{**rest, "out": Path(rest["out"])})
 
 
 def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def _folder_name(text: str) -> str:
+    name = re.sub(r"[/\\]+", "--", text.strip("/\\"))
+    name = re.sub(r"[^\w.+=@-]", "_", name, flags=re.ASCII)
+    return name if name.strip(".") else "_"
+
+
+def protocol_clashes(metric: Metric, protocol: str | Protocol) -> dict[str, Any]:
+    """The options of ``metric`` that some protocol sets and whose value is not
+    ``protocol``'s (the option's default where ``protocol`` leaves it alone), each with
+    ``protocol``'s value: what a run of ``protocol`` refuses in its metrics."""
+    protocol = protocols.get(protocol)
+    owned = {key for known in protocols.PROTOCOLS.values()
+             for key in known.options_for(metric.name)}
+    defaults = {f.name: f.default for f in dataclasses.fields(metric.Options)}
+    expected = {key: protocol.options_for(metric.name).get(key, defaults.get(key))
+                for key in owned}
+    return {key: value for key, value in expected.items()
+            if getattr(metric.options, key, None) != value}
+
+
+def check_protocol(protocol: str | Protocol, metrics: Mapping[str, Metric]) -> None:
+    """Refuse, in one line, a metric (by its label) not made for ``protocol``
+    (:func:`protocol_clashes`): its scores would not be the protocol's."""
+    name = protocols.get(protocol).name
+    for label, metric in metrics.items():
+        for key, value in protocol_clashes(metric, name).items():
+            raise MMXAIError(f"metric {label!r}: protocol {name!r} sets {key}={value}; make "
+                             f"it with NamedMetric.make(cls, options, {name!r})")
 
 
 @dataclass(frozen=True)

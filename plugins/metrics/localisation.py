@@ -15,10 +15,18 @@ For each explained answer (``docs/evaluation.md``, Localisation metrics):
 ``reference_compatible=True`` reproduces the reference's merging of the last two entries
 (Q5), OpenCV's Otsu level 0 on constant maps, and LLaVA-1.5's map stretched over the whole
 image (Q13).
+
+``protocol="tam-reference"`` is the reference's ``eval.py`` exactly: the Q5 merging and Q13
+stretch, plus OpenCV itself (:mod:`mmxai.opencv_ops`) to read the mask file, resize the uint8
+grid and pick Otsu's level; zeros at the token grid's size for a missing mask file; and NaN
+precision for an empty foreground (Q9), which makes the pooled precision NaN. A model with
+several grids for image 0 (none in the reference) is painted with ``to_image`` as by default.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -26,10 +34,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from skimage.filters import threshold_otsu
 
+from mmxai import opencv_ops
 from mmxai.citations import cite
 from mmxai.hookspecs import hookimpl
 from mmxai.maps import minmax, resize, to_image
 from mmxai.metric import EvalItem, Metric, Parts
+from mmxai.protocols import TAM_REFERENCE
 
 
 @dataclass(frozen=True)
@@ -41,10 +51,22 @@ class LocalisationOptions:
     reference_compatible: bool = False
     protocol: Literal["default", "tam-reference"] = "default"
 
+    @property
+    def opencv(self) -> bool:
+        """The reference's evaluation exactly (``protocol="tam-reference"``)."""
+        return self.protocol == TAM_REFERENCE
+
+    @property
+    def reference(self) -> bool:
+        """The reference's Q5 merging and Q13 stretch (either switch turns them on)."""
+        return self.reference_compatible or self.opencv
+
 
 @dataclass
 class Localisation:
-    """One sample's pooled entries: per noun object, per function word, per noun threshold."""
+    """One sample's pooled entries: per noun object, per function word, per noun threshold.
+
+    ``precision`` holds NaN for an empty foreground under ``protocol="tam-reference"``."""
 
     obj: list[float] = field(default_factory=list)
     precision: list[float] = field(default_factory=list)
@@ -56,11 +78,15 @@ class Localisation:
 def quantise(maps: np.ndarray) -> np.ndarray:
     """(G, N) maps -> uint8 floor(255 x), the reference's output format.
 
-    Maps already in [0, 1] (TAM's) are used as they are; any other range is min-max scaled
-    over the whole sample first, which keeps the tokens comparable with each other (Func-IoU
-    compares function-word maps with noun thresholds).
+    uint8 maps (the reference's own output) are used as they are. Maps already in [0, 1]
+    (TAM's) are quantised as they are; any other range is min-max scaled over the whole
+    sample first, which keeps the tokens comparable with each other (Func-IoU compares
+    function-word maps with noun thresholds).
     """
-    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0)  # NaN: no evidence
+    maps = np.asarray(maps)
+    if maps.dtype == np.uint8:
+        return maps
+    maps = np.nan_to_num(maps.astype(np.float32), nan=0.0)  # NaN: no evidence
     if maps.size and not (maps.min() >= 0.0 and maps.max() <= 1.0):
         maps = minmax(maps)
     return np.floor(255.0 * np.clip(maps, 0.0, 1.0)).astype(np.uint8)
@@ -80,18 +106,18 @@ def otsu(image: np.ndarray, reference_compatible: bool = False) -> float:
     return float(threshold_otsu(image))
 
 
-def token_scores(image_map: np.ndarray, truth: np.ndarray, tau: float) -> tuple[float, float,
-                                                                                float]:
-    """(IoU, precision, recall) of ``image_map > tau`` against the boolean mask ``truth``.
+def token_scores(predicted: np.ndarray, truth: np.ndarray, empty: float = 0.0) -> tuple[
+        float, float, float]:
+    """(IoU, precision, recall) of the boolean foreground ``predicted`` against the boolean
+    mask ``truth``.
 
-    ``truth`` must be non-empty; an empty foreground gives IoU 0 and precision 0 (the
-    reference divides by zero, Q9).
+    ``truth`` must be non-empty; an empty foreground gives IoU 0 and precision ``empty``
+    (the reference divides by zero, Q9: NaN).
     """
-    predicted = image_map > tau
     hit = float(np.count_nonzero(predicted & truth))
     union = float(np.count_nonzero(predicted | truth))
     n_pred = float(np.count_nonzero(predicted))
-    return hit / union, (hit / n_pred if n_pred else 0.0), hit / float(np.count_nonzero(truth))
+    return hit / union, (hit / n_pred if n_pred else empty), hit / float(np.count_nonzero(truth))
 
 
 def localise(item: EvalItem, options: LocalisationOptions | None = None) -> Localisation:
@@ -107,28 +133,26 @@ def _localise(item: EvalItem, options: LocalisationOptions) -> Localisation:
     result = Localisation()
     if item.mask is None or not item.words:
         return result
-    mask = np.asarray(item.mask)
     grid_maps = quantise(item.maps)
-    reference = options.reference_compatible
-    image_maps: dict[int, tuple[np.ndarray, float]] = {}
+    mask = _mask(item, options)
+    foregrounds: dict[int, tuple[float, np.ndarray]] = {}
 
-    def image_map(token: int) -> tuple[np.ndarray, float]:
-        """Token ``token``'s uint8 map in the mask's frame and its Otsu level."""
-        if token not in image_maps:
+    def foreground(token: int) -> tuple[float, np.ndarray]:
+        """Token ``token``'s Otsu level and foreground in the mask's frame."""
+        if token not in foregrounds:
             if not 0 <= token < len(grid_maps):
                 raise ValueError(f"word token {token} has no map: the sample has "
                                  f"{len(grid_maps)} maps")
-            painted = _paint(grid_maps[token], item.trace.grids, mask.shape, reference)
-            quantised = np.clip(np.rint(painted), 0, 255).astype(np.uint8)
-            image_maps[token] = quantised, otsu(quantised, reference)
-        return image_maps[token]
+            image = _token_image(grid_maps[token], item.trace.grids, mask.shape, options)
+            foregrounds[token] = _threshold(image, options)
+        return foregrounds[token]
 
     words = list(item.words)
     for word in words:
         if word.kind == "noun":
-            result.thresholds.append(max(image_map(j)[1] for j in word.tokens))
-    objects = _objects_reference if reference else _objects
-    objects(words, mask, image_map, result)
+            result.thresholds.append(max(foreground(j)[0] for j in word.tokens))
+    objects = _objects_reference if options.reference else _objects
+    objects(words, mask, foreground, math.nan if options.opencv else 0.0, result)
 
     if result.thresholds:
         level = float(np.mean(result.thresholds))
@@ -139,28 +163,61 @@ def _localise(item: EvalItem, options: LocalisationOptions) -> Localisation:
     return result
 
 
-def _paint(grid_map: np.ndarray, grids: Sequence[Any], size: tuple[int, int],
-           stretch: bool) -> np.ndarray:
-    """A token's flat map in the frame of image 0; ``stretch`` ignores a lone grid's box."""
-    flat = grid_map.astype(np.float32)
+def _mask(item: EvalItem, options: LocalisationOptions) -> np.ndarray:
+    """The label map the objects are scored against: ``item.mask``, or under tam-reference
+    the mask file as OpenCV reads it, and zeros at the token grid's size (rows, cols) for a
+    missing file, as the reference's ``np.zeros((h, w))``. A mask given as an array
+    (synthetic benchmark, COCO-json folders) is ``item.mask`` in both."""
+    path = getattr(item.sample, "mask", None)
+    if not options.opencv or not isinstance(path, (str, os.PathLike)):
+        return np.asarray(item.mask)
+    if item.sample.meta.get("mask_missing") or not os.path.lexists(path):
+        grid = _lone_grid(item.trace.grids)  # several grids: no grid size, the image's
+        return np.zeros(grid.shape if grid else np.shape(item.mask), dtype=np.uint8)
+    return opencv_ops.read_mask(path)
+
+
+def _lone_grid(grids: Sequence[Any]) -> Any | None:
+    """Image 0's grid (frame 0) if it has exactly one, else None."""
     own = [g for g in grids if g.image == 0 and g.frame == 0]
-    if stretch and len(own) == 1:
-        grid = own[0]
-        return resize(flat[grid.offset:grid.offset + grid.size].reshape(grid.shape), size)
-    return to_image(flat, grids, image=0, size=size)
+    return own[0] if len(own) == 1 else None
 
 
-def _best(tokens: Sequence[int], truth: np.ndarray, image_map: Any) -> tuple[float, float,
-                                                                             float]:
+def _token_image(grid_map: np.ndarray, grids: Sequence[Any], size: tuple[int, int],
+                 options: LocalisationOptions) -> np.ndarray:
+    """A token's uint8 flat map in the frame of image 0, (height, width) = ``size``.
+
+    In reference mode a lone grid is stretched over the whole frame, ignoring its box (Q13):
+    by ``cv2.resize`` of the uint8 grid under tam-reference, else by a float bilinear resize
+    rounded to uint8. Otherwise each grid is painted into its box (``to_image``).
+    """
+    grid = _lone_grid(grids) if options.reference else None
+    if grid is None:
+        painted = to_image(grid_map.astype(np.float32), grids, image=0, size=size)
+    else:
+        cells = grid_map[grid.offset:grid.offset + grid.size].reshape(grid.shape)
+        if options.opencv:
+            return opencv_ops.resize(cells, size)
+        painted = resize(cells.astype(np.float32), size)
+    return np.clip(np.rint(painted), 0, 255).astype(np.uint8)
+
+
+def _threshold(image: np.ndarray, options: LocalisationOptions) -> tuple[float, np.ndarray]:
+    """Otsu's level τ of a uint8 image and its foreground [image > τ]."""
+    if options.opencv:
+        return opencv_ops.otsu(image)
+    tau = otsu(image, options.reference_compatible)
+    return tau, image > tau
+
+
+def _best(tokens: Sequence[int], truth: np.ndarray, foreground: Any, empty: float) -> tuple[
+        float, float, float]:
     """The token with the highest IoU (the first on ties) and its precision and recall."""
-    scores = []
-    for token in tokens:
-        token_map, tau = image_map(token)
-        scores.append(token_scores(token_map, truth, tau))
+    scores = [token_scores(foreground(token)[1], truth, empty) for token in tokens]
     return max(scores, key=lambda s: s[0])
 
 
-def _objects(words: Sequence[Any], mask: np.ndarray, image_map: Any,
+def _objects(words: Sequence[Any], mask: np.ndarray, foreground: Any, empty: float,
              result: Localisation) -> None:
     """One entry per run of consecutive words with the same label present in the mask."""
     start = 0
@@ -174,24 +231,26 @@ def _objects(words: Sequence[Any], mask: np.ndarray, image_map: Any,
             truth = mask == label
             tokens = [j for w in words[start:end] for j in w.tokens]
             if truth.any() and tokens:
-                iou, precision, recall = _best(tokens, truth, image_map)
+                iou, precision, recall = _best(tokens, truth, foreground, empty)
                 result.obj.append(iou)
                 result.precision.append(precision)
                 result.recall.append(recall)
         start = end
 
 
-def _objects_reference(words: Sequence[Any], mask: np.ndarray, image_map: Any,
+def _objects_reference(words: Sequence[Any], mask: np.ndarray, foreground: Any, empty: float,
                        result: Localisation) -> None:
     """The reference's loop: an entry per word, then the last two entries merged whenever
-    the previous word has the same label, even when this word added no entry (Q5)."""
+    the previous word has the same label, even when this word added no entry (Q5). The
+    merged entry is the later one only if its IoU is strictly larger (a tie keeps the
+    earlier one's precision and recall)."""
     for i, word in enumerate(words):
         label = word.label if word.kind == "noun" else None
         if label is None or label <= 0:
             continue
         truth = mask == label
         if truth.any() and word.tokens:
-            iou, precision, recall = _best(word.tokens, truth, image_map)
+            iou, precision, recall = _best(word.tokens, truth, foreground, empty)
             result.obj.append(iou)
             result.precision.append(precision)
             result.recall.append(recall)
@@ -231,9 +290,30 @@ class FuncIoU(LocalisationMetric):
 
 
 class Precision(LocalisationMetric):
+    """Under tam-reference an empty foreground's precision is NaN, which the store refuses:
+    ``measure`` keeps the finite entries in ``value`` and their count in ``undefined``, and
+    the aggregate is NaN as soon as one sample has one, as the reference's pooled mean."""
+
     name = "precision"
     summary = "Share of the best noun token's foreground that lies on the object."
     part = "precision"
+    pooled_means = ("value", "undefined")
+
+    def measure(self, item: EvalItem) -> Parts:
+        values = localise(item, self.options).precision
+        if not self.options.opencv:
+            return {"value": list(values)}
+        finite = [v for v in values if not math.isnan(v)]
+        return {"value": finite, "undefined": [len(values) - len(finite)]}
+
+    def aggregate(self, parts: Sequence[Parts]) -> float:
+        if any(n > 0 for p in parts for n in p.get("undefined", [])):
+            return float("nan")
+        return super().aggregate(parts)
+
+    def from_means(self, value: np.ndarray, undefined: np.ndarray) -> np.ndarray:
+        # ``undefined`` is NaN where no sample has the part (the default protocol)
+        return np.where(undefined > 0, np.nan, value)
 
 
 class Recall(LocalisationMetric):
