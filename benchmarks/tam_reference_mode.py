@@ -1,21 +1,22 @@
 """TAM's ``reference_compatible`` mode against the default, at Qwen2-VL-2B's vocabulary.
 
 The reference scores generated token 0 by the model's greedy prediction at the first prompt
-position (Q2, docs/tam.md): an argmax over the whole vocabulary, one (V, d) matrix-vector
-product, which no other part of TAM needs (every other map reads a few logit columns). The
-trace computes it once per position (:meth:`mmxai.trace.Trace.top_class`), on the
-unembedding's device and in its dtype, and every method on the trace shares it; the mode
-skips it when neither token 0 nor ECI needs item 0.
+position (Q2, docs/tam.md): an argmax over the whole vocabulary, one (V, d) product, which
+no other part of TAM needs (every other map reads a few logit columns). The mode asks the
+shared generation for it (``Needs(prompt_top=True)``): the row is added to the prefill's own
+``lm_head`` call, which reads the unembedding once for both. A trace made elsewhere (teacher
+forced, or without that need) computes it on first use (:meth:`mmxai.trace.Trace.top_class`),
+once per trace, shared by every method.
 
 This script times, on one sample's trace with a random bfloat16 unembedding of Qwen2-VL-2B's
 size (151,936 x 1,536) and the tiny Qwen2-VL's sequence and image grid, in process CPU
 seconds, median of ``--repeats``:
 
 - the default mode;
-- the reference mode on a fresh trace (the argmax computed);
-- a second reference-mode method on the same trace (the argmax shared), as when
-  ``tam`` and ``msea-tam`` both run in reference mode in one ``mmxai compare``;
-- the reference mode with ECI off and token 0 not requested (no argmax).
+- the reference mode on a trace that lacks the argmax (computed by the method);
+- the reference mode on a trace whose generation recorded it (or a second method);
+- the prefill's ``lm_head`` call with one row (the last position) and with two (plus the
+  first prompt position): what recording it costs generation.
 
 Run: ``nice python benchmarks/tam_reference_mode.py`` (about a minute; 1 GB of memory).
 """
@@ -84,15 +85,21 @@ def main() -> None:
 
     shared = fresh_trace(template, model, hidden)
     reference(shared)  # the argmax is now in this trace's cache
+    last, both = (torch.randn(1, k, HIDDEN, generator=generator).to(torch.bfloat16)
+                  for k in (1, 2))
     rows = [
         ("default mode", seconds(lambda: default(fresh_trace(template, model, hidden)),
                                  args.repeats)),
-        ("reference mode, fresh trace (argmax computed)",
+        ("reference mode, argmax not in the trace (computed)",
          seconds(lambda: reference(fresh_trace(template, model, hidden)), args.repeats)),
-        ("reference mode, second method on the trace (argmax shared)",
+        ("reference mode, argmax recorded by generation or shared",
          seconds(lambda: reference(shared), args.repeats)),
         ("reference mode, eci=False, tokens 1.. (no argmax)",
          seconds(lambda: no_eci(fresh_trace(template, model, hidden), later), args.repeats)),
+        ("prefill lm_head call, 1 row (generation without the need)",
+         seconds(lambda: torch.nn.functional.linear(last, weight), args.repeats)),
+        ("prefill lm_head call, 2 rows (generation recording the argmax)",
+         seconds(lambda: torch.nn.functional.linear(both, weight), args.repeats)),
     ]
     base = rows[0][1]
     print(f"TAM per image, {template.n_generated} tokens, vocabulary {VOCAB:,} x {HIDDEN:,} "

@@ -20,7 +20,7 @@ from mmxai.citations import cite
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
 from mmxai.methods import tam_ops as ops
-from mmxai.trace import Trace
+from mmxai.trace import Needs, Trace
 
 # (default, reference's choice) for the options left at None
 DEFAULTS = {"relevance": ("output", "reference"), "exclude": ("id", "string"),
@@ -56,6 +56,8 @@ class TAM(Method):
         for field, choices in DEFAULTS.items():
             if getattr(self.options, field) is None:
                 setattr(self.options, field, choices[int(self.options.reference_compatible)])
+        if self.options.reference_compatible:  # Q2's argmax, read off the prefill
+            self.needs = type(self).needs | Needs(prompt_top=True)
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         o = self.options

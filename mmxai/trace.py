@@ -40,6 +40,9 @@ class Needs:
     layers: tuple[int, ...] = ()  # decoder layers beyond the final normed states
     attentions: bool = False
     topk: int = 0  # top-k logits at generating positions
+    # the greedy prediction at the first prompt position (TAM's reference mode, Q2), read
+    # from the prefill's own lm_head call (Trace.top_class)
+    prompt_top: bool = False
     gradients: bool = False  # the method runs its own backward passes
     extra_passes: bool = False  # the method runs its own forward passes
 
@@ -48,6 +51,7 @@ class Needs:
             layers=tuple(sorted(set(self.layers) | set(other.layers))),
             attentions=self.attentions or other.attentions,
             topk=max(self.topk, other.topk),
+            prompt_top=self.prompt_top or other.prompt_top,
             gradients=self.gradients or other.gradients,
             extra_passes=self.extra_passes or other.extra_passes,
         )
@@ -193,6 +197,9 @@ def _finish(model: Model, inputs: Inputs, sequence: torch.Tensor,
               if k.startswith("layer")}
     layers = {**layers, **{i - n_layers: layers[i] for i in list(layers)}}
     trace = Trace(model, inputs, sequence.detach().cpu(), hidden, layers, attentions)
+    if "prompt_top" in store:  # what the prefill's lm_head predicted there (Trace.top_class)
+        trace.cache[("top_class", int(inputs.prompt_positions[0]))] = int(
+            store["prompt_top"][sample])
     n_generated = trace.n_generated
     if "vocab" in store and n_generated:
         # what generation's own logits gave, step by step (no G x V recomputation)
@@ -224,19 +231,50 @@ def _reduce_logits(logits: torch.Tensor, needs: Needs) -> list[torch.Tensor]:
 
 
 @contextmanager
-def _capture_vocab(model: Model, needs: Needs,
-                   store: dict[str, list]) -> Iterator[None]:
-    """During generation, reduce each step's next-token logits (B, V) as they are made."""
+def _capture_vocab(model: Model, needs: Needs, store: dict[str, list],
+                   prompt_rows: Sequence[int] | None = None) -> Iterator[None]:
+    """During generation, reduce each step's next-token logits (B, V) as they are made.
+
+    ``prompt_rows`` (one padded position per sample): also keep the argmax of the logits
+    there (``store["prompt_top"]``, (B,)). The prefill's ``lm_head`` call scores only the last
+    position, so the rows are added to that call's input: one matrix product reads the
+    unembedding once for both, which costs next to nothing more in the model's 16-bit dtypes
+    (a separate (V, d) product costs as much as the prefill's own; benchmarks/
+    tam_reference_mode.py).
+    """
     store["vocab"] = []
+    added = {"rows": 0}
+
+    def before(_m, args):
+        if prompt_rows is None or "prompt_top" in store or not args or not store.get("final"):
+            return None
+        x, full = args[0], store["final"][0]  # (B, q, d); the prefill's normed states (B, L, d)
+        if x.dim() != 3 or x.shape[0] != full.shape[0] or x.shape[1] > full.shape[1]:
+            return None
+        if x.shape[1] == full.shape[1]:  # the head scores every position already
+            added["rows"] = -1
+            return None
+        rows = full[torch.arange(x.shape[0]), torch.as_tensor(list(prompt_rows))]
+        added["rows"] = 1
+        return (torch.cat([rows[:, None].to(x.dtype), x], dim=1), *args[1:])
 
     def hook(_m, _i, out):
+        if added["rows"]:
+            scored = (out[:, 0] if added["rows"] > 0
+                      else out[torch.arange(out.shape[0]), torch.as_tensor(list(prompt_rows))])
+            store["prompt_top"] = scored.argmax(-1).detach().cpu()
+            out = out[:, 1:] if added["rows"] > 0 else out
+            added["rows"] = 0
         store["vocab"].append([t.detach() for t in _reduce_logits(out[:, -1].float(), needs)])
+        return out
 
-    handle = model.hf.get_output_embeddings().register_forward_hook(hook)
+    head = model.hf.get_output_embeddings()
+    handles = [head.register_forward_pre_hook(before), head.register_forward_hook(hook)]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _assemble_attentions(steps: Sequence[Sequence[torch.Tensor]], n: int, sample: int = 0,
@@ -290,10 +328,13 @@ def generate_traces(model: Model, inputs: Sequence[Inputs], needs: Needs = Needs
                   pad_token_id=model.pad_token_id())
     kwargs.update(generate_kwargs)
     features = model.collate([x.features for x in inputs])
-    with torch.no_grad(), _capture(_modules(model, needs)) as store, \
-            _capture_vocab(model, needs, store):
-        out = model.hf.generate(**features, **kwargs)
     width = int(features["input_ids"].shape[1])
+    prompt_rows = ([width - int(x.input_ids.shape[0]) + int(x.prompt_positions[0])
+                    for x in inputs] if needs.prompt_top
+                   and all(len(x.prompt_positions) for x in inputs) else None)
+    with torch.no_grad(), _capture(_modules(model, needs)) as store, \
+            _capture_vocab(model, needs, store, prompt_rows):
+        out = model.hf.generate(**features, **kwargs)
     eos = _eos_ids(model, kwargs)
     traces = []
     for sample, x in enumerate(inputs):

@@ -217,3 +217,28 @@ def test_generated_and_teacher_forced_traces_give_the_same_maps(qwen, reference)
     maps = tam.explain(generated, range(8))
     assert maps.max() > 0.1 and (maps > 0).mean() > 0.1  # not trivially all zero
     np.testing.assert_allclose(tam.explain(forced, range(8)), maps, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "llava"])
+def test_the_q2_argmax_read_off_the_prefill_equals_its_own_product(tiny_model, family):
+    """Reference mode asks generation for the prediction at the first prompt position
+    (Needs.prompt_top): rows added to the prefill's lm_head call, in a left-padded batch of
+    prompts of different lengths. It must equal the (V, d) product top_class computes on its
+    own, and leave everything else generation records unchanged."""
+    from mmxai.trace import Needs, generate_traces
+
+    model = tiny_model(family)
+    inputs = [model.build_inputs([image(2)], "describe the image"),
+              model.build_inputs([image(3)], "what colour is the large object on the left?")]
+    plain = generate_traces(model, inputs, Needs(), max_new_tokens=5, min_new_tokens=5)
+    read = generate_traces(model, inputs, Needs(prompt_top=True), max_new_tokens=5,
+                           min_new_tokens=5)
+    assert TAM(reference_compatible=True).needs.prompt_top and not TAM().needs.prompt_top
+    for a, b in zip(plain, read, strict=True):
+        key = ("top_class", int(b.inputs.prompt_positions[0]))
+        assert key in b.cache and key not in a.cache  # recorded by generation itself
+        assert b.cache[key] == a.top_class(key[1])
+        assert torch.equal(a.sequence, b.sequence) and torch.equal(a.hidden, b.hidden)
+        torch.testing.assert_close(a.logsumexp, b.logsumexp)
+        reference = TAM(reference_compatible=True)
+        np.testing.assert_array_equal(reference(a), reference(b))
