@@ -22,11 +22,12 @@ the backward pass, applied while the one forward pass runs:
     the rules of the paper's Table 1 for the layers these models have; the softmax rule's
     bias term means relevance is not exactly conserved through attention.
 
-Supported blocks: RMSNorm-style norms (``weight * x / rms(x)``) and ``nn.LayerNorm``; gated
-MLPs with ``gate_proj``, ``up_proj``, ``down_proj`` and ``act_fn`` (Llama, Qwen2, Qwen2-VL's
-text model, InternVL's Qwen2); attention modules that dispatch through transformers'
-``AttentionInterface``. Anything else raises ``UnsupportedModelError`` instead of silently
-propagating plain gradients.
+Supported blocks: RMSNorm-style norms (``weight * x / rms(x)``, Gemma's ``(1 + weight) *
+x / rms(x)``) and ``nn.LayerNorm``; gated MLPs with ``gate_proj``, ``up_proj``, ``down_proj``
+and ``act_fn`` (Llama, Qwen2, Qwen2-VL's text model, InternVL's Qwen2, Gemma 3) or a fused
+``gate_up_proj`` with ``activation_fn`` (GLM-4V); attention modules that dispatch through
+transformers' ``AttentionInterface``. Anything else raises ``UnsupportedModelError`` instead
+of silently propagating plain gradients.
 """
 
 from __future__ import annotations
@@ -101,6 +102,13 @@ def _rms_norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module.weight * (states * scale).to(x.dtype)
 
 
+def _gemma_rms_norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Gemma's RMSNorm scales by (1 + weight), in float32, then casts back."""
+    states = x.float()
+    scale = torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + module.eps).detach()
+    return (states * scale * (1.0 + module.weight.float())).type_as(x)
+
+
 def _layer_norm(module: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     centred = x - x.mean(-1, keepdim=True)
     std = torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + module.eps).detach()
@@ -110,27 +118,40 @@ def _layer_norm(module: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return out + module.bias if module.bias is not None else out
 
 
+def _gate_up(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                  Callable]:
+    """A gated MLP's gate and up projections and its activation: separate ``gate_proj`` and
+    ``up_proj`` (Llama, Qwen2), or one fused ``gate_up_proj`` (GLM-4V), gate first."""
+    if hasattr(module, "gate_up_proj"):
+        gate, up = module.gate_up_proj(x).chunk(2, dim=-1)
+        return gate, up, module.activation_fn
+    return module.gate_proj(x), module.up_proj(x), module.act_fn
+
+
 def _cp_lrp_mlp(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    gate = module.act_fn(module.gate_proj(x)).detach()
-    return module.down_proj(gate * module.up_proj(x))
+    gate, up, act = _gate_up(module, x)
+    return module.down_proj(act(gate).detach() * up)
 
 
 def _attnlrp_mlp(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    gate = identity_rule(module.act_fn, module.gate_proj(x))
-    return module.down_proj(divide_gradient(gate * module.up_proj(x), 2))
+    gate, up, act = _gate_up(module, x)
+    return module.down_proj(divide_gradient(identity_rule(act, gate) * up, 2))
 
 
 def _eager_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                      value: torch.Tensor, attention_mask: torch.Tensor | None,
                      scaling: float | None = None, dropout: float = 0.0,
-                     **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention, (B, heads, T, d) in, (B, T, heads, d) out, as transformers' own."""
+                     softcap: float | None = None, **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention, (B, heads, T, d) in, (B, T, heads, d) out, as transformers' own
+    (Gemma 2's logit soft-capping included, so the forward pass stays the model's)."""
     groups = getattr(module, "num_key_value_groups", 1)
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask[..., : key.shape[-2]]
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
@@ -174,7 +195,8 @@ def _register_attention() -> None:
 
 # -- applying the rules ------------------------------------------------------------------
 def _is_gated_mlp(module: torch.nn.Module) -> bool:
-    return all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+    return (all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+            or all(hasattr(module, a) for a in ("gate_up_proj", "down_proj", "activation_fn")))
 
 
 def _patched_forward(module: torch.nn.Module, rule: str) -> Callable | None:
@@ -183,9 +205,7 @@ def _patched_forward(module: torch.nn.Module, rule: str) -> Callable | None:
     if isinstance(module, torch.nn.LayerNorm):
         return _layer_norm
     if kind.endswith("RMSNorm"):
-        if "Gemma" in kind:  # weight is applied as (1 + weight): not the form patched here
-            raise UnsupportedModelError(f"{rule}: no rule for {kind}")
-        return _rms_norm
+        return _gemma_rms_norm if "Gemma" in kind else _rms_norm
     if _is_gated_mlp(module):
         return MLP[rule]
     if kind.endswith("Norm") or kind.endswith("MLP"):

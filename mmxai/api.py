@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmxai import hub
+from mmxai import hub, loading
 from mmxai import maps as mapsmod
 from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
 from mmxai.images import read_image
@@ -277,14 +277,21 @@ def explain(model: Model | str, images: ImageLike | Sequence[ImageLike], prompt:
                         tokens=tokens)[instance.name]
 
 
-def open_pretrained(spec: Any, **kwargs: Any) -> Model:
+def open_pretrained(spec: Any, *, chat_template: Any = None, **kwargs: Any) -> Model:
     """A model from a hub name or a local folder (:func:`mmxai.hub.resolve` checks which, in
-    one line, before transformers is asked); a checkpoint that cannot be loaded is one line
-    ``cannot load model 'X': ...``. ``kwargs`` go to :func:`mmxai.model.load_model`."""
+    one line, before transformers is asked); a checkpoint that cannot be loaded, or whose
+    processor or model cannot run on a test image, is one line ``cannot load model 'X':
+    ...`` (``cannot run model ...``). What a partial checkpoint lacks is filled in from its
+    config, each thing a :class:`mmxai.loading.LoadNote` warning (``model.load_notes``).
+    ``chat_template``: a Jinja template's text, or a path (``pathlib.Path``) to a file
+    holding one, used instead of the checkpoint's (or the family's default). ``kwargs`` go
+    to :func:`mmxai.model.load_model` (``device``, ``dtype``, ``revision`` ...)."""
+    chat_template = loading.chat_template_text(chat_template)  # before the hub is asked
     source = hub.resolve(spec)
     try:
         with hub.quiet(source.offline):
-            return load_model(source.spec, **kwargs)
+            return load_model(source.spec, source=source, chat_template=chat_template,
+                              **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mmxai import hub, loading
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.images import read_image
 
@@ -73,6 +74,7 @@ class Inputs:
     prompt: str
     grids: list[ImageGrid]
     prompt_positions: np.ndarray  # positions of the user prompt's text tokens
+    answer_fill: dict[str, int] = field(default_factory=dict)  # Model.answer_fill
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -99,6 +101,12 @@ class Model:
     #: :func:`mmxai.perturb.swap_each` can process them in one call (not: patches or tiles
     #: flattened).
     rows_per_image: ClassVar[bool] = True
+    #: The family's documented chat template (HF Jinja format), used when a checkpoint's
+    #: processor and tokenizer have none (:func:`mmxai.loading.finish`); None: refused.
+    default_chat_template: ClassVar[str | None] = None
+    #: What a teacher-forced answer's per-token features hold (besides attention_mask = 1;
+    #: default 0): PaliGemma marks answer tokens token_type_ids = 1, as generation does.
+    answer_fill: ClassVar[dict[str, int]] = {}
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any, model_id: str | None = None,
                  revision: str | None = None) -> None:
@@ -118,18 +126,45 @@ class Model:
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
-                        revision: str | None = None, **kwargs: Any) -> Model:
-        """Load weights (safetensors only) and processor by hub name or local path."""
+                        revision: str | None = None, chat_template: Any = None,
+                        source: hub.Source | None = None, **kwargs: Any) -> Model:
+        """Load weights (safetensors only) and processor by hub name or local path, checked
+        first (:func:`mmxai.hub.resolve`, unless ``source`` says): never hub retries. The
+        processor loads first; what a partial checkpoint lacks (settings, chat template) is
+        filled in by :func:`mmxai.loading.finish`, each note a ``LoadNote`` warning."""
+        chat_template = loading.chat_template_text(chat_template)
+        source = source or hub.resolve(name_or_path)
         model_cls, processor_cls = cls.hf_classes()
-        hf_model = model_cls.from_pretrained(
-            name_or_path, dtype=dtype or "auto", trust_remote_code=trust_remote_code,
-            revision=revision, use_safetensors=True, attn_implementation="eager", **kwargs,
-        )
-        processor = processor_cls.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, revision=revision
-        )
+        with hub.quiet(source.offline):
+            try:
+                processor = processor_cls.from_pretrained(
+                    source.spec, trust_remote_code=trust_remote_code, revision=revision)
+            except Exception as exc:  # the checkpoint's files, not mmxai: one line
+                raise loading.processor_error(source.spec, exc) from exc
+            hf_model = model_cls.from_pretrained(
+                source.spec, dtype=dtype or "auto", trust_remote_code=trust_remote_code,
+                revision=revision, use_safetensors=True, attn_implementation="eager",
+                **kwargs,
+            )
         hf_model.to(device).eval()
-        return cls(hf_model, processor, model_id=name_or_path, revision=revision)
+        model = cls(hf_model, processor, model_id=source.spec, revision=revision)
+        model._load_notes = loading.finish(model, chat_template)
+        for note in model.load_notes:
+            warnings.warn(note, loading.LoadNote, stacklevel=2)
+        return model
+
+    @property
+    def load_notes(self) -> list[str]:
+        """What :meth:`from_pretrained` filled in that the checkpoint lacked, one line each."""
+        return list(getattr(self, "_load_notes", []))
+
+    @classmethod
+    def complete_processor(cls, processor: Any, config: Any) -> list[str]:
+        """Fill, from the model's ``config``, what an older or partial checkpoint's processor
+        lacks (no ``processor_config.json``); returns what was filled as ``name=value``.
+        Here: the config's image token where the processor's differs. Adapters add their
+        family's settings (calling ``super()`` first)."""
+        return loading.fill_image_token(processor, config)
 
     @classmethod
     def tiny(cls, seed: int = 0) -> Model:
@@ -184,7 +219,7 @@ class Model:
         features = self.features(images, self.chat_text(prompt, len(images)))
         grids = stack_grids(self.image_grids(features, images))
         prompt_positions = self.locate_prompt(features["input_ids"][0], prompt, len(images))
-        return Inputs(features, images, prompt, grids, prompt_positions)
+        return Inputs(features, images, prompt, grids, prompt_positions, dict(self.answer_fill))
 
     def locate_prompt(self, input_ids: torch.Tensor, prompt: str, n_images: int) -> np.ndarray:
         """Positions of the user prompt's tokens, found by diffing two templated chats.
@@ -333,14 +368,21 @@ def adapter_for(architecture: str) -> type[Model]:
 
 
 def load_model(name_or_path: str, *, trust_remote_code: bool = False,
-               revision: str | None = None, **kwargs: Any) -> Model:
-    """Load a model by hub name or local path, e.g. ``Qwen/Qwen2-VL-2B-Instruct``."""
+               revision: str | None = None, chat_template: Any = None,
+               source: hub.Source | None = None, **kwargs: Any) -> Model:
+    """Load a model by hub name or local path, e.g. ``Qwen/Qwen2-VL-2B-Instruct``, with its
+    architecture's adapter, and check that it runs (:func:`mmxai.loading.preflight`).
+    ``chat_template``: text or a path (:func:`mmxai.loading.chat_template_text`); ``source``:
+    :func:`mmxai.hub.resolve`'s answer if the caller has it; ``kwargs``: ``device``..."""
     from transformers import AutoConfig
 
+    chat_template = loading.chat_template_text(chat_template)
+    source = source or hub.resolve(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, revision=revision
-        )
+        with hub.quiet(source.offline):
+            config = AutoConfig.from_pretrained(
+                source.spec, trust_remote_code=trust_remote_code, revision=revision
+            )
     except (OSError, ValueError) as exc:
         raise UnsupportedModelError(f"cannot load model {name_or_path!r}: {exc}") from exc
     architectures = getattr(config, "architectures", None) or []
@@ -350,6 +392,9 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False,
     if not architectures:
         raise UnsupportedModelError(f"{name_or_path!r}: config names no architecture")
     adapter = adapter_for(architectures[0])
-    return adapter.from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code, revision=revision, **kwargs
+    model = adapter.from_pretrained(
+        source.spec, trust_remote_code=trust_remote_code, revision=revision,
+        chat_template=chat_template, source=source, **kwargs
     )
+    loading.preflight(model)
+    return model

@@ -31,7 +31,8 @@ def swap_images(model: Model, inputs: Inputs, images: Sequence[Image.Image]) -> 
     features = model.features(images, model.chat_text(inputs.prompt, len(images)))
     if not torch.equal(features["input_ids"], inputs.features["input_ids"]):
         raise InputError("the processor tokenised the swapped images differently")
-    return Inputs(features, images, inputs.prompt, inputs.grids, inputs.prompt_positions)
+    return Inputs(features, images, inputs.prompt, inputs.grids, inputs.prompt_positions,
+                  inputs.answer_fill)
 
 
 def swap_each(model: Model, inputs: Inputs, images: Sequence[Image.Image]) -> list[Inputs]:
@@ -63,7 +64,7 @@ def swap_each(model: Model, inputs: Inputs, images: Sequence[Image.Image]) -> li
         if not torch.equal(features["input_ids"], ids):
             raise InputError("the processor tokenised the swapped images differently")
         out.append(Inputs(features, [image], inputs.prompt, inputs.grids,
-                          inputs.prompt_positions))
+                          inputs.prompt_positions, inputs.answer_fill))
     return out
 
 
@@ -74,7 +75,8 @@ def fast_attention(model: Model) -> Iterator[None]:
     Models load with eager attention, which methods that read attention weights need;
     passes that only need logits (perturbation metrics: hundreds of forwards a sample)
     run about a third faster with ``sdpa``. Logits agree to float rounding (~1e-4 on
-    float32). A model whose code lacks ``sdpa`` keeps its kernel.
+    float32). A model whose code lacks ``sdpa`` (or refuses it: PaliGemma 2's Gemma 2) keeps
+    its kernel.
     """
     current = getattr(model.hf.config, "_attn_implementation", None)
     if current in (None, "sdpa"):
@@ -83,6 +85,8 @@ def fast_attention(model: Model) -> Iterator[None]:
     try:
         model.hf.set_attn_implementation("sdpa")
     except (ValueError, ImportError, NotImplementedError):
+        # a sub-model may refuse after the top config switched (Gemma 2): switch back
+        model.hf.set_attn_implementation(current)
         yield
         return
     try:

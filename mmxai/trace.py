@@ -287,11 +287,19 @@ def _assemble_attentions(steps: Sequence[Sequence[torch.Tensor]], n: int, sample
         full = torch.zeros(heads, n, n)
         row = -pad  # the sample's own position of the step's first query row
         for step in steps:
-            block = step[layer][sample, :, :, pad:pad + n].float()  # (heads, q, keys)
-            first, last = max(0, -row), min(block.shape[1], n - row)
+            attention = step[layer][sample].float()  # (heads, q, keys)
+            queries, keys = attention.shape[1:]
+            # the keys end at the step's last query: all of them, or the last keys of a
+            # sliding-window layer (Gemma 3, Mistral); ``start``: the own position of key 0
+            start = row + queries - keys
+            skip = max(0, -start)  # padding (or keys before the sample) to leave out
+            block = attention[:, :, skip:skip + n - max(0, start)]
+            first, last = max(0, -row), min(queries, n - row)
             if last > first:
-                full[:, row + first:row + last, :block.shape[2]] = block[:, first:last]
-            row += block.shape[1]
+                column = max(0, start)
+                full[:, row + first:row + last, column:column + block.shape[2]] = \
+                    block[:, first:last]
+            row += queries
             if row >= n:
                 break
         per_layer.append(full)
@@ -358,7 +366,8 @@ def forced_features(inputs: Inputs, sequence: torch.Tensor) -> dict:
     """The processor features extended to ``sequence`` (teacher forcing a known answer).
 
     Per-token tensors of the prompt (attention mask, token-type ids, ...) are extended: the
-    attention mask with ones, anything else with zeros.
+    attention mask with ones, anything else with the family's ``inputs.answer_fill`` (what
+    its generation appends: PaliGemma's answer tokens are token_type_ids 1), else zeros.
     """
     features = dict(inputs.features)
     prompt_len = inputs.input_ids.shape[0]
@@ -366,7 +375,7 @@ def forced_features(inputs: Inputs, sequence: torch.Tensor) -> dict:
     device = inputs.input_ids.device
     for key, value in inputs.features.items():
         if torch.is_tensor(value) and value.dim() == 2 and value.shape == (1, prompt_len):
-            fill = 1 if key == "attention_mask" else 0
+            fill = 1 if key == "attention_mask" else inputs.answer_fill.get(key, 0)
             pad = torch.full((1, extra), fill, dtype=value.dtype, device=device)
             features[key] = torch.cat([value, pad], dim=1)
     features["input_ids"] = sequence.to(device)[None]

@@ -120,6 +120,12 @@ class _Stop(Exception):
 PROBES = (0, 1, 4, 6, 13, 16)
 
 
+def _language_model(model: Model) -> torch.nn.Module:
+    """The decoder stack the image features enter (Idefics3 and SmolVLM call it text_model)."""
+    inner = model.hf.model
+    return getattr(inner, "language_model", None) or inner.text_model
+
+
 def llm_inputs_after_nudge(model: Model, inputs: Inputs, call: int,
                            index: tuple[int, ...] | None) -> torch.Tensor:
     """The LLM's input embeddings (L, d) with one vision token of the layer nudged.
@@ -134,7 +140,10 @@ def llm_inputs_after_nudge(model: Model, inputs: Inputs, call: int,
     def nudge(_module, _inputs, out):
         hidden = out[0] if isinstance(out, (tuple, list)) else out
         if index is not None and len(seen) == call:
-            hidden[index] += 5.0
+            # not the same shift on every channel: a layer norm after the layer (SigLIP's
+            # post_layernorm) would take that away
+            hidden[index] += torch.linspace(-5.0, 5.0, hidden.shape[-1], dtype=hidden.dtype,
+                                            device=hidden.device)
         seen.append(True)
 
     def record(_module, _args, kwargs):
@@ -142,7 +151,7 @@ def llm_inputs_after_nudge(model: Model, inputs: Inputs, call: int,
         raise _Stop
 
     handles = [layer.register_forward_hook(nudge),
-               model.hf.model.language_model.register_forward_pre_hook(record, with_kwargs=True)]
+               _language_model(model).register_forward_pre_hook(record, with_kwargs=True)]
     try:
         logits(model, inputs)
     except _Stop:

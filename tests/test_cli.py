@@ -35,6 +35,27 @@ def assert_one_line_error(code: int, err: str, *phrases: str) -> None:
         assert phrase in lines[0], lines[0]
 
 
+def test_compare_on_a_saved_tiny_model_of_each_family(tiny_family, tiny_dir, tmp_path, capsys):
+    """The folder ``mmxai tiny`` writes (the hub's layout) through compare: a map method and
+    a gradient method, a mask metric and a perturbation metric, every result ok."""
+    import sqlite3
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "compare", "--model", tiny_dir(tiny_family), "--dataset",
+                           "synthetic", "--limit", "2", "--method", "tam", "gradcam",
+                           "--metric", "obj-iou", "deletion", "--option", "deletion.steps=2",
+                           "--option", "deletion.max_tokens=1", "--max-new-tokens", "3",
+                           "--min-new-tokens", "3", "--bootstrap", "50", "--workers", "1",
+                           "--no-progress", "--out", out)
+    assert code == 0, err
+    rows = sqlite3.connect(out / "results.sqlite").execute(
+        "SELECT method, metric, status, error FROM results").fetchall()
+    metrics = ("obj-iou", "deletion[max_tokens=1,steps=2]")
+    assert {(method, metric) for method, metric, _, _ in rows} == {
+        (method, metric) for method in ("tam", "gradcam") for metric in metrics}
+    assert all(status == "ok" for _, _, status, _ in rows), rows
+
+
 def test_explain_on_a_saved_tiny_model_of_each_family(tiny_family, tiny_dir, tmp_path,
                                                       capsys):
     folder = tiny_dir(tiny_family)

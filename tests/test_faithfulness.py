@@ -119,3 +119,17 @@ def test_deletion_and_insertion_curves_by_hand(tiny_model):
         assert value == pytest.approx((start + 2 * middle + end) / 4, rel=1e-4)
     # the same tokens for every method: the first non-special generated tokens, capped
     assert len(Deletion(steps=2, max_tokens=2).measure(evaluated)["value"]) == 2
+
+
+def test_an_answer_of_special_tokens_only_has_no_curve(tiny_model):
+    """A random model may answer with an EOS at once: no token to explain, an empty entry
+    list (the sample then counts for nothing), never a crash."""
+    from mmxai.trace import forced_trace
+
+    model = tiny_model(FAMILY)
+    eos = model.tokenizer.eos_token_id
+    trace = forced_trace(model, model.build_inputs([picture()], "describe"), [eos])
+    evaluated = item(model, trace, "random")
+    assert evaluated.explained_tokens() == []
+    for metric in (Deletion(steps=2), Insertion(steps=2)):
+        assert metric.measure(evaluated) == {"value": []}

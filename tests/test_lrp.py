@@ -149,7 +149,10 @@ def model(request, tiny_model):
     return tiny_model(request.param)
 
 
-def test_rules_leave_forward_values_alone(model):
+def test_rules_leave_forward_values_alone(tiny_model, tiny_family):
+    """On every family: the rules change gradients only (Gemma's (1 + weight) norm, GLM-4V's
+    fused gate_up_proj MLP included)."""
+    model = tiny_model(tiny_family)
     trace = forced(model)
     tokens = list(range(trace.n_generated))
     plain = token_logits(trace, tokens).detach()

@@ -10,12 +10,27 @@ from PIL import Image
 
 from mmxai.commands.tiny import find_family
 from mmxai.model import Model
+from mmxai.plugins.models import (
+    gemma3,
+    glm4v,
+    idefics3,
+    llava_onevision,
+    mistral3,
+    paligemma,
+    qwen3_vl,
+)
 from mmxai.plugins.models import tiny as builders
 
 #: Each built-in adapter's builder in mmxai.plugins.models.tiny, by adapter name.
 BUILDERS = {"llava": builders.tiny_llava, "llava-next": builders.tiny_llava_next,
             "qwen2-vl": builders.tiny_qwen2_vl, "qwen2.5-vl": builders.tiny_qwen2_5_vl,
-            "internvl": builders.tiny_internvl}
+            "internvl": builders.tiny_internvl,
+            # the families added later keep their builders in their own adapter modules
+            "qwen3-vl": qwen3_vl.tiny_qwen3_vl, "glm4v": glm4v.tiny_glm4v,
+            "gemma3": gemma3.tiny_gemma3, "paligemma": paligemma.tiny_paligemma,
+            "llava-onevision": llava_onevision.tiny_llava_onevision,
+            "idefics3": idefics3.tiny_tiled, "smolvlm": idefics3.tiny_tiled,
+            "mistral3": mistral3.tiny_mistral3}
 
 
 def test_top_level_explain_returns_per_token_maps(tiny_model):

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.markup import escape
 from safetensors import SafetensorError
 
-from mmxai import api, hub
+from mmxai import api, hub, loading
 from mmxai.commands.tiny import find_family
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.model import Model, load_model
@@ -84,8 +89,10 @@ def check_max_new_tokens(n: object, option: str = "--max-new-tokens") -> int:
 
 
 def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto",
-               trust_remote_code: bool = False, source: hub.Source | None = None) -> Model:
-    """A model from a hub name, a local folder, or ``tiny:<family>``.
+               trust_remote_code: bool = False, source: hub.Source | None = None,
+               chat_template: str | None = None,
+               say: Callable[[str], None] | None = None) -> Model:
+    """A model from a hub name, a local folder, or ``tiny:<family>``, checked to run.
 
     A folder that does not exist, a hub name the hub does not have or cannot be asked
     about, or a config whose ``architectures`` is not a list is one line at once
@@ -93,7 +100,10 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
     and retry logging are off while it loads (the commands show their own), so stderr holds
     nothing but what mmxai says. ``source``: what :func:`mmxai.hub.resolve` already said
     about ``spec`` (a command that checks it before its progress display starts), so the
-    hub is not asked twice."""
+    hub is not asked twice. ``chat_template`` (the text of ``--chat-template``) replaces
+    the checkpoint's. What loading filled in (:mod:`mmxai.loading`) goes to ``say``, one
+    ``note: ...`` line each (default: stderr); a model that cannot run on a test image is
+    one line (:func:`mmxai.loading.preflight`), before any sample."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -102,12 +112,15 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
         if spec.startswith(TINY):
             model = find_family(spec[len(TINY):]).tiny()
             model.hf.to(device=device, dtype=None if dtype == "auto" else dtype)
+            if chat_template is not None:
+                model.processor.chat_template = chat_template
+                loading.preflight(model)
             return model
-        if source is None:
-            source = hub.resolve(spec)
-        with hub.quiet(source.offline):
-            return load_model(source.spec, device=device, dtype=dtype,
-                              trust_remote_code=trust_remote_code)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", loading.LoadNote)  # said below, as notes
+            model = load_model(spec, source=source, device=device, dtype=dtype,
+                               trust_remote_code=trust_remote_code,
+                               chat_template=chat_template)
     except _LOAD_ERRORS as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         cause = first if isinstance(exc, (OSError, ValueError)) and first else \
@@ -116,6 +129,22 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    for text in model.load_notes:
+        (say or note)(text)
+    return model
+
+
+def note(text: str, console: Console | None = None) -> None:
+    """One yellow ``note:`` line on ``console`` (default: stderr), never wrapped (scripts
+    can grep it)."""
+    (console or Console(stderr=True)).print(f"[yellow]note:[/] {escape(text)}",
+                                            soft_wrap=True)
+
+
+def chat_template_option(path: Path | None) -> str | None:
+    """The text of ``--chat-template FILE`` (UTF-8, a Jinja template), read and checked
+    before any model loads; a missing, unreadable or malformed file is one line."""
+    return None if path is None else loading.read_chat_template(path, "--chat-template")
 
 
 def parse_options(specs: list[str], names: list[str]) -> dict[str, dict[str, str]]:

@@ -25,14 +25,22 @@ uses one per core for small models on CPU, and 1 otherwise.
 
 The arguments are read once into a :class:`~mmxai.evaluation.spec.RunSpec` (:func:`run_spec`);
 :func:`build_plan` builds what it names into a :class:`Plan`, here and, from the same spec,
-in each worker (which is handed :func:`build_plan`, not this module).
+in each worker (which is handed :func:`build_plan`, not this module; with
+``--chat-template``, :func:`build_plan` holding the template's text).
+
+``--chat-template FILE`` replaces each model's chat template (or the family's default, for a
+checkpoint without one); it is read and checked before any model loads. The template a model
+ran with is part of what its stored results are checked against (the ``chat_template`` of
+:mod:`mmxai.evaluation.provenance`): resuming into ``--out`` with another is refused.
+What loading a checkpoint filled in is said as ``note:`` lines, once per model (by shard 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,6 +52,7 @@ from mmxai.api import make_method
 from mmxai.cli import error
 from mmxai.commands import workers
 from mmxai.commands.common import (
+    chat_template_option,
     check_max_new_tokens,
     open_model,
     parse_dtype,
@@ -128,6 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or generate with the same cause (default: stop with it)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the checkpoint's own Python code to run")
+    parser.add_argument("--chat-template", type=Path, metavar="FILE",
+                        help="a Jinja chat template (UTF-8 file) for every model, instead of "
+                             "the checkpoint's, or of the family's default when it has none")
 
 
 def _max_new_tokens(text: str) -> int:
@@ -184,24 +196,35 @@ class Plan:
     models: list[str]  # the --model specs
     labels: list[str]  # how each is keyed in the store
     device: torch.device
+    chat_template: str | None = None  # --chat-template's text
+    #: Where the models opened say their load notes: the reporter of shard 0's evaluator.
+    _notes: Reporter = field(default_factory=Reporter, repr=False, compare=False)
 
     def evaluator(self, store: ResultStore | None, shard: Shard | None = None,
                   reporter: Reporter | None = None) -> Evaluator:
+        """The evaluator of ``shard``; when it is the first (or the only) shard, the models
+        this plan opens next say what loading filled in through ``reporter``: every shard
+        loads the same files, one says so (a worker's reporter sends it to the parent)."""
+        if store is not None and reporter is not None and (shard is None or shard.index == 0):
+            self._notes = reporter
         return Evaluator(self.dataset, self.methods, self.metrics, store, self.spec,
                          shard=shard, reporter=reporter)
 
     def open(self, model: str) -> Model:
+        """The model ``model`` names, checked to run (:func:`open_model`)."""
         return open_model(model, self.device, parse_dtype(self.spec.generation.dtype),
-                          self.spec.trust_remote_code)
+                          self.spec.trust_remote_code, chat_template=self.chat_template,
+                          say=lambda text: self._notes.note(f"note: {text}"))
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check everything the user typed and build the datasets, methods and metrics."""
-    return build_plan(run_spec(args))
+    return build_plan(run_spec(args), chat_template_option(args.chat_template))
 
 
-def build_plan(spec: RunSpec) -> Plan:
-    """The plan of ``spec``: what it names, built (in the parent and in each worker)."""
+def build_plan(spec: RunSpec, chat_template: str | None = None) -> Plan:
+    """The plan of ``spec``: what it names, built (in the parent and in each worker), its
+    models opened with ``chat_template`` (the text of ``--chat-template``) if given."""
     protocols.require(spec.protocol)  # its libraries and data, before anything loads
     chosen = spec.selection
     dataset_cls = (manager().get("datasets", chosen.dataset) if chosen.dataset
@@ -228,7 +251,7 @@ def build_plan(spec: RunSpec) -> Plan:
     return Plan(spec, dataset, method_objs, metric_objs, models,
                 # the bundled model is keyed by its folder's name, not this machine's path
                 [Path(models[0]).name] if bundled else [model_label(s) for s in models],
-                resolve_device(spec.device))
+                resolve_device(spec.device), chat_template)
 
 
 def _count(value: str | None, option: str) -> int | None:
@@ -306,7 +329,9 @@ def _run_here(plan: Plan, shard: Shard, reporter: Reporter, console: Console) ->
 def _run_workers(plan: Plan, count: int, threads: int, samples: int, reporter: Reporter,
                  console: Console) -> list[Path]:
     """``count`` worker processes; the stores to merge. Raises if a worker failed."""
-    outcome = workers.run_workers(build_plan, plan, count, threads, samples, reporter)
+    build = (build_plan if plan.chat_template is None
+             else partial(build_plan, chat_template=plan.chat_template))  # pickles by value
+    outcome = workers.run_workers(build, plan, count, threads, samples, reporter)
     for summary in outcome.summaries:
         if summary is not None:
             console.print(_summary_line(summary, Shard()) + f" ({count} workers)")

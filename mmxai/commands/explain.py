@@ -8,7 +8,8 @@ Writes into ``--out``:
   answer as clickable tokens, each showing its map; self-contained, works offline;
 - ``<method>/maps.npz``: the raw flat maps (n_tokens, N_image) with the grid layout, to
   reshape with :mod:`mmxai.maps`;
-- ``run.json``: model, prompt, answer, methods and options, and the methods that failed.
+- ``run.json``: model, prompt, ``--chat-template`` file, answer, methods and options, and
+  the methods that failed.
 
 With ``--save-maps DIR``, each method's maps also go to ``DIR/<method>/<sample_id>.npz`` in
 the format ``mmxai score`` reads (:mod:`mmxai.saved_maps`; ``--sample-id``, default the
@@ -45,7 +46,9 @@ from mmxai.api import (
 from mmxai.cli import error
 from mmxai.commands.common import (
     TINY,
+    chat_template_option,
     check_max_new_tokens,
+    note,
     open_model,
     parse_dtype,
     parse_options,
@@ -83,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model dtype: auto, float32, bfloat16 or float16")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the checkpoint's own Python code to run")
+    parser.add_argument("--chat-template", type=Path, metavar="FILE",
+                        help="a Jinja chat template (UTF-8 file) to use instead of the "
+                             "checkpoint's, or of the family's default when it has none")
     parser.add_argument("--save-maps", type=folder_argument, metavar="DIR",
                         help="also write each method's maps to DIR/<method>/<sample_id>.npz, "
                              "for `mmxai score` and other tools")
@@ -145,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     writable_folder(args.out, "--out")
     _check_targets(args.out, folders, len(images))
     sample_id = _check_save_maps(args, folders)
+    chat_template = chat_template_option(args.chat_template)
     # A mistyped folder or a hub name that cannot be fetched: one line now, not a minute of
     # retries after the progress display started.
     source = None if args.model.startswith(TINY) else hub.resolve(args.model)
@@ -156,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
     with Progress(*columns, console=stderr, transient=True,
                   disable=not stderr.is_terminal) as progress:
         task = progress.add_task(f"loading {shown(args.model)}", total=2 + 2 * len(instances))
-        model = open_model(args.model, device, dtype, args.trust_remote_code, source=source)
+        model = open_model(args.model, device, dtype, args.trust_remote_code, source=source,
+                           chat_template=chat_template,
+                           say=lambda text: note(text, progress.console))
 
         def on_step(step: str) -> None:  # a step starts: the one before it is done
             label = "tracing (one generation for all methods)" if step == "trace" else step
@@ -337,6 +346,7 @@ def write_run(explanations: dict[str, Explanation], args: argparse.Namespace,
         "model_class": type(first.trace.model.hf).__name__,
         "images": [str(p) for p in args.images],
         "prompt": args.prompt,
+        "chat_template": None if args.chat_template is None else str(args.chat_template),
         "answer": first.text,
         "tokens": first.words,
         "methods": {name: e.options for name, e in explanations.items()},

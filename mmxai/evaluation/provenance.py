@@ -14,7 +14,8 @@ identity, in one of two ways (docs/evaluator.md, "What a stored result is keyed 
   dtype) goes into the run's ``options_hash`` (:func:`run_settings`): another choice is
   another run, stored side by side and told apart in the leaderboard;
 - what lies under the same names (the model folder's weights, config, processor settings,
-  tokenizer, chat template and generation config; the dataset's files) is checked
+  tokenizer, chat template (``--chat-template`` included) and generation config; the
+  dataset's files) is checked
   (:data:`IDENTITY`) when a run resumes into a store: a change is refused with a line naming
   what changed, never mixed with the stored rows.
 
@@ -152,6 +153,10 @@ def _tokenizer_id(tokenizer: Any) -> str:
 
 
 def _chat_template_id(model: Model) -> str | None:
+    """A hash of the chat templates the processor and tokenizer hold once loaded: the
+    checkpoint's, the one ``--chat-template`` (``chat_template=``) gave, or the family's
+    default (:func:`mmxai.loading.finish`). It is in :data:`IDENTITY`: a run resumed with
+    another template is refused, never mixed with the stored rows."""
     templates = {"processor": getattr(model.processor, "chat_template", None),
                  "tokenizer": getattr(model.tokenizer, "chat_template", None)}
     if all(t is None for t in templates.values()):

@@ -184,6 +184,9 @@ class _Perturbation(Metric):
         if len(trace.inputs.images) != 1:
             raise InputError(f"{self.name}: needs exactly one image, got "
                              f"{len(trace.inputs.images)}")
+        tokens = item.explained_tokens(self.options.max_tokens)
+        if not tokens:  # an answer of special tokens only (an EOS at once): nothing to curve
+            return {"value": []}
         image = trace.inputs.images[0]
         baseline = baseline_image(image, self.baseline)
         original = answer_probabilities(trace, None)
@@ -192,7 +195,6 @@ class _Perturbation(Metric):
         steps = self.options.steps
         fractions = np.arange(1, steps) / steps
         width, height = image.size
-        tokens = item.explained_tokens(self.options.max_tokens)
         images, positions = [], []
         for j in tokens:
             ranks = pixel_ranks(to_image(item.maps[j], trace.grids, 0, (height, width)))

@@ -23,7 +23,7 @@ from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
 from mmxai.plugins.models.shared import size_value, stack_calls, token_positions
-from mmxai.plugins.models.tiny import tiny_internvl
+from mmxai.plugins.models.tiny import INTERNVL_CHAT_TEMPLATE, tiny_internvl
 
 
 @cache
@@ -71,12 +71,41 @@ def tile_layout(image_processor: Any, width: int, height: int,
     return tiles + [((0.0, 0.0, 1.0, 1.0), "thumbnail")]
 
 
+def patch_grid(config: Any) -> tuple[int, int]:
+    """(rows, cols) of vision patches in one tile (CLS excluded)."""
+    vision = config.vision_config
+    (height, width), (patch_h, patch_w) = vision.image_size, vision.patch_size
+    return (int(height) // int(patch_h), int(width) // int(patch_w))
+
+
+def tile_grid(config: Any) -> tuple[int, int]:
+    """(rows, cols) of LLM tokens per tile: the patch grid shrunk by ``downsample_ratio``."""
+    ratio = float(config.downsample_ratio)
+    rows, cols = patch_grid(config)
+    return (int(rows * ratio), int(cols * ratio))
+
+
 class InternVL(Model):
     """InternVL: tiles plus thumbnail, ``(S*r, S*r)`` tokens per tile after pixel shuffle."""
 
     name = "internvl"
     architectures = ("InternVLForConditionalGeneration",)
     rows_per_image = False  # pixel_values: every image's tiles, concatenated
+    #: The InternVL3 -hf template: ChatML, ``<IMG_CONTEXT>\n`` per image.
+    default_chat_template = INTERNVL_CHAT_TEMPLATE
+
+    @classmethod
+    def complete_processor(cls, processor: Any, config: Any) -> list[str]:
+        """The processor writes ``image_seq_length`` tokens per tile; without
+        ``processor_config.json`` it is transformers' default (256), whatever the tower
+        makes: ``(S * r)**2`` for ``S`` patches a side and ``downsample_ratio`` r."""
+        filled = super().complete_processor(processor, config)
+        rows, cols = tile_grid(config)
+        tokens = rows * cols
+        if getattr(processor, "image_seq_length", tokens) == tokens:
+            return filled
+        processor.image_seq_length = tokens
+        return filled + [f"image_seq_length={tokens}"]
 
     @classmethod
     def hf_classes(cls) -> tuple[Any, Any]:
@@ -89,15 +118,11 @@ class InternVL(Model):
 
     def patch_grid(self) -> tuple[int, int]:
         """(rows, cols) of vision patches in one tile (CLS excluded)."""
-        vision = self.hf.config.vision_config
-        (height, width), (patch_h, patch_w) = vision.image_size, vision.patch_size
-        return (int(height) // int(patch_h), int(width) // int(patch_w))
+        return patch_grid(self.hf.config)
 
     def tile_grid(self) -> tuple[int, int]:
         """(rows, cols) of LLM tokens per tile: the patch grid shrunk by ``downsample_ratio``."""
-        ratio = float(self.hf.config.downsample_ratio)
-        rows, cols = self.patch_grid()
-        return (int(rows * ratio), int(cols * ratio))
+        return tile_grid(self.hf.config)
 
     def image_grids(self, features: dict[str, Any],
                     images: Sequence[Image.Image]) -> list[ImageGrid]:

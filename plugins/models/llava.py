@@ -25,7 +25,11 @@ from mmxai.plugins.models.shared import (
     stack_calls,
     token_positions,
 )
-from mmxai.plugins.models.tiny import tiny_llava
+from mmxai.plugins.models.tiny import LLAVA_CHAT_TEMPLATE, tiny_llava
+
+#: Extra tokens a vision tower puts before its patches (CLIP's CLS), by its config's
+#: ``model_type``; a tower not listed is taken to have none (SigLIP).
+TOWER_EXTRA_TOKENS = {"clip_vision_model": 1}
 
 
 class Llava(Model):
@@ -33,6 +37,24 @@ class Llava(Model):
 
     name = "llava"
     architectures = ("LlavaForConditionalGeneration",)
+    #: llava-hf's LLaVA-1.5 template: ``USER: <image>\n{prompt} ASSISTANT:``.
+    default_chat_template = LLAVA_CHAT_TEMPLATE
+
+    @classmethod
+    def complete_processor(cls, processor: Any, config: Any) -> list[str]:
+        """The processor counts each image's tokens from ``patch_size``, the feature
+        strategy and the tower's extra tokens, which ``processor_config.json`` holds: an
+        older folder has none of them (``patch_size`` None), so they come from the config."""
+        filled = super().complete_processor(processor, config)
+        if getattr(processor, "patch_size", 0) is not None:
+            return filled
+        vision = config.vision_config
+        values = {"patch_size": int(vision.patch_size),
+                  "vision_feature_select_strategy": config.vision_feature_select_strategy,
+                  "num_additional_image_tokens": TOWER_EXTRA_TOKENS.get(vision.model_type, 0)}
+        for key, value in values.items():
+            setattr(processor, key, value)
+        return filled + [f"{key}={value}" for key, value in values.items()]
 
     @property
     def fixed_size(self) -> tuple[int, int]:  # type: ignore[override]

@@ -30,7 +30,7 @@ from mmxai.plugins.models.shared import (
     stack_calls,
     token_positions,
 )
-from mmxai.plugins.models.tiny import tiny_llava_next
+from mmxai.plugins.models.tiny import LLAVA_NEXT_CHAT_TEMPLATE, tiny_llava_next
 
 
 class LlavaNext(Llava):
@@ -39,6 +39,8 @@ class LlavaNext(Llava):
     name = "llava-next"
     architectures = ("LlavaNextForConditionalGeneration",)
     fixed_size = None  # any-resolution tiling: images keep their own size
+    #: llava-hf's LLaVA-NeXT (Mistral) template: ``[INST] <image>\n{prompt} [/INST]``.
+    default_chat_template = LLAVA_NEXT_CHAT_TEMPLATE
 
     def highres_layout(self, image_size: Sequence[int]) -> tuple[int, int, torch.Tensor]:
         """The tile layout and the high-res grid of one image of ``image_size`` (H, W).

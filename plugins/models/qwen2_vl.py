@@ -9,13 +9,20 @@ group into one LLM image token, so image ``i`` with ``image_grid_thw[i] = (t, H,
 Qwen2.5-VL's vision blocks run on a window-ordered sequence: the merge groups are permuted
 window by window (``window_index``) before the first block and put back after the merger,
 so per-patch scores read off a block must be un-permuted before they line up with the grid.
+
+:class:`QwenLike` is that layout with the family left as data (processor and config class
+names, where the vision blocks are, whether smart-resize counts the temporal patch against
+the pixel budget); the merge size and the image token id come from each model's config.
+A family that lays out its image tokens this way (Qwen3-VL, GLM-4V) subclasses it with a
+few class attributes and its tiny builder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
-from typing import Any
+from operator import attrgetter
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,13 +56,23 @@ def image_only_processor(processor_name: str) -> type:
     })
 
 
-class Qwen2VL(Model):
-    """Qwen2-VL: ``model.model.visual.blocks`` in patch order, then a 2x2 patch merger."""
+class QwenLike(Model):
+    """Merged-patch grids: ``image_grid_thw[i] = (t, H, W)`` patches, ``m x m`` groups per token.
 
-    name = "qwen2-vl"
-    architectures = ("Qwen2VLForConditionalGeneration",)
-    processor_name = "Qwen2VLProcessor"
-    config_name = "Qwen2VLConfig"
+    Subclasses set ``name``, ``architectures``, :attr:`processor_name` and
+    :attr:`config_name`; the rest is read from the model (``vision_config.spatial_merge_size``,
+    ``config.image_token_id``) and the processor's outputs.
+    """
+
+    #: transformers' processor class, loaded without its video processor.
+    processor_name: ClassVar[str] = ""
+    #: transformers' config class (the tiny builders construct it).
+    config_name: ClassVar[str] = ""
+    #: Attribute path from the HF model to the vision blocks, in patch order.
+    vision_blocks: ClassVar[str] = "model.visual.blocks"
+    #: Whether smart-resize counts the ``temporal_patch_size`` frames an image is repeated
+    #: into against its pixel bounds (GLM-4V), so a per-image budget is scaled by it.
+    budget_counts_frames: ClassVar[bool] = False
     rows_per_image = False  # pixel_values: every image's patches, concatenated
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any, model_id: str | None = None,
@@ -74,9 +91,11 @@ class Qwen2VL(Model):
     def preprocess(self, images: Sequence[Image.Image], text: str | Sequence[str],
                    **kwargs: Any) -> dict[str, Any]:
         if self.max_pixels is not None and images:
-            shortest = self.processor.image_processor.size["shortest_edge"]
-            kwargs["size"] = {"shortest_edge": min(shortest, self.max_pixels),
-                              "longest_edge": self.max_pixels}
+            image_processor = self.processor.image_processor
+            longest = self.max_pixels * (image_processor.temporal_patch_size
+                                         if self.budget_counts_frames else 1)
+            kwargs["size"] = {"shortest_edge": min(image_processor.size["shortest_edge"], longest),
+                              "longest_edge": longest}
         return super().preprocess(images, text, **kwargs)
 
     @property
@@ -109,7 +128,7 @@ class Qwen2VL(Model):
 
     # -- vision layers -------------------------------------------------------------------
     def vision_layers(self) -> Sequence[torch.nn.Module]:
-        return self.hf.model.visual.blocks
+        return attrgetter(self.vision_blocks)(self.hf)
 
     def default_vision_layer(self) -> int:
         return len(self.vision_layers()) - 1  # the block the merger reads
@@ -139,6 +158,28 @@ class Qwen2VL(Model):
         grid_scores = torch.empty_like(groups)
         grid_scores[order.to(groups.device)] = groups
         return grid_scores
+
+
+class Qwen2VL(QwenLike):
+    """Qwen2-VL: ``model.model.visual.blocks`` in patch order, then a 2x2 patch merger."""
+
+    name = "qwen2-vl"
+    architectures = ("Qwen2VLForConditionalGeneration",)
+    processor_name = "Qwen2VLProcessor"
+    config_name = "Qwen2VLConfig"
+    #: Qwen2-VL-Instruct's template (Qwen2.5-VL's is the same): ChatML, the default system
+    #: message, ``<|vision_start|><|image_pad|><|vision_end|>`` per image.
+    default_chat_template = (
+        "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+        "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+        "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+        "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}"
+        "<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
 
     @classmethod
     def tiny(cls, seed: int = 0) -> Qwen2VL:
