@@ -61,6 +61,27 @@ class TAM(Method):
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         o = self.options
+        scores = self._scores(trace, tokens)
+        return postprocess(*scores, trace.grids, o.kernel_size, o.constant, o.eci)
+
+    def text_relevance(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
+        """The text half of TAM's output: how relevant each generated token is to each of
+        ``tokens``, scaled jointly with its image scores (after ECI, before the filter), as
+        TAM's figures colour the answer. (len(tokens), trace.n_generated) float32 in [0, 1];
+        0 for a token that is not context of the explained one (itself and later tokens).
+        Not part of the maps: computed only when asked (the viewer does)."""
+        history, explained, text, context, text_mask = self._scores(trace, tokens)
+        _, scaled = scaled_scores(history, explained, text, context, text_mask,
+                                  self.options.eci)
+        n = len(trace.inputs.prompt_positions)
+        text = np.asarray(scaled[:, n:], dtype=np.float32)  # as postprocess finishes the maps
+        return np.clip(np.nan_to_num(text, nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+
+    def _scores(self, trace: Trace, tokens: Sequence[int]) -> tuple:
+        """What TAM post-processes for ``tokens``: the raw maps of every item and the rows
+        explained, the text relevances, the ECI context and the text part of the joint
+        scaling (:func:`postprocess`'s first five arguments)."""
+        o = self.options
         tokens = np.asarray(tokens, dtype=np.int64)
         # Items: the user-prompt tokens, then the generated tokens. Any earlier item can be
         # context (interference) for a later one.
@@ -94,8 +115,7 @@ class TAM(Method):
         context = before & (keys[None, :] != keys[explained][:, None])
         # The text part of the joint scaling: earlier items (round-0 items: the whole prompt)
         text_mask = np.arange(len(item_pos))[None, :] < np.maximum(explained, n)[:, None]
-        return postprocess(history, explained, text, context, text_mask, trace.grids,
-                           o.kernel_size, o.constant, o.eci)
+        return history, explained, text, context, text_mask
 
     def image_logits(self, trace: Trace, classes: list[int]) -> torch.Tensor:
         """The raw logit maps of ``classes``, (C, N_image): where MSEA-TAM plugs in."""
@@ -111,21 +131,30 @@ class TAM(Method):
         return np.asarray([tok.decode([int(i)]).strip().casefold() for i in ids], dtype=object)
 
 
-def postprocess(history: torch.Tensor | np.ndarray, explained: np.ndarray,
-                text: torch.Tensor | np.ndarray, context: np.ndarray, text_mask: np.ndarray,
-                grids, kernel_size: int = 3, constant: str = "value",
-                eci: bool = True) -> np.ndarray:
-    """TAM from raw scores to maps, for J explained items among K.
+def scaled_scores(history: torch.Tensor | np.ndarray, explained: np.ndarray,
+                  text: torch.Tensor | np.ndarray, context: np.ndarray, text_mask: np.ndarray,
+                  eci: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """TAM's image and text scores of J explained items among K, before the filter.
 
     ``history`` (K, N) raw maps; ``explained`` (J,) rows of it; ``text`` (J, K) relevances;
     ``context`` / ``text_mask`` (J, K) bool: the ECI context and the text part of the joint
-    scaling. Returns (J, N) float32 in [0, 1], finite.
+    scaling. Returns (image (J, N), text (J, K)), each row scaled to [0, 1] jointly; text
+    entries outside ``text_mask`` are 0.
     """
     history = torch.as_tensor(history)
     maps = history[torch.as_tensor(explained, dtype=torch.long)]
     if eci:
         maps = ops.estimated_causal_inference(maps, history, text, context)
-    image, _ = ops.joint_minmax(maps, text, text_mask)
+    return ops.joint_minmax(maps, text, text_mask)
+
+
+def postprocess(history: torch.Tensor | np.ndarray, explained: np.ndarray,
+                text: torch.Tensor | np.ndarray, context: np.ndarray, text_mask: np.ndarray,
+                grids, kernel_size: int = 3, constant: str = "value",
+                eci: bool = True) -> np.ndarray:
+    """TAM from raw scores to maps: :func:`scaled_scores`' image half, denoised by the rank
+    Gaussian filter on each grid. Returns (J, N) float32 in [0, 1], finite."""
+    image, _ = scaled_scores(history, explained, text, context, text_mask, eci)
     if not len(image):
         return image.numpy().astype(np.float32)
     out = mapsmod.per_grid(lambda b: ops.rank_gaussian_filter(b, kernel_size, constant),

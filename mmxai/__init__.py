@@ -8,10 +8,15 @@ The public API, flat like ``captum.attr``::
     result.maps         # (n_generated, N_image) flat maps, one row per generated token
     result.image_map(0)  # (H, W) map of the first generated token in the image's frame
     results = mmxai.explain_many(model, "cat.jpg", "Describe the image.", ["tam", "arc"])
+    mmxai.write_viewer(results, "mmxai-out")  # mmxai-out/index.html, as mmxai explain writes
+    comparison = mmxai.compare(dataset="synthetic", methods=["tam", "gradcam"], limit=8)
+    comparison.rows()  # one dict per (model, method): every metric's value and interval
 
 Names are imported on first use (PEP 562), so ``import mmxai`` and ``mmxai --help`` stay
-fast and do not load torch. The functions live in ``mmxai.api`` (there is no
-``mmxai.explain`` submodule, so ``mmxai.explain`` is always the function).
+fast and do not load torch. The functions live in ``mmxai.api`` (``load_model`` is its
+``open_pretrained``), ``mmxai.pixels`` and ``mmxai.compare_api`` (there is no
+``mmxai.explain`` or ``mmxai.compare`` submodule, so ``mmxai.explain`` and ``mmxai.compare``
+are always the functions). docs/api.md documents them.
 """
 
 from __future__ import annotations
@@ -21,13 +26,17 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it
+#: public name -> the module that defines it (``module:name`` where it has another name)
 _EXPORTS = {
     "explain": "mmxai.api",
     "explain_many": "mmxai.api",
     "Explanation": "mmxai.api",
     "load_image": "mmxai.api",
-    "load_model": "mmxai.model",
+    "compare": "mmxai.compare_api",
+    "Comparison": "mmxai.compare_api",
+    "write_viewer": "mmxai.compare_api",
+    "load_model": "mmxai.api:open_pretrained",
+    "set_pixel_budget": "mmxai.pixels",
     "wrap": "mmxai.model",
     "Model": "mmxai.model",
     "ImageGrid": "mmxai.model",
@@ -55,10 +64,11 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    where = _EXPORTS.get(name)
+    if where is None:
         raise AttributeError(f"module 'mmxai' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, defined = where.partition(":")
+    value = getattr(importlib.import_module(module), defined or name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -1,9 +1,16 @@
-"""The Python API: one image (or several) and a prompt in, one map per generated token out."""
+"""The Python API: one image (or several) and a prompt in, one map per generated token out.
+
+:func:`open_pretrained` (``mmxai.load_model``) opens a checkpoint, with Qwen's pixel budget
+(:mod:`mmxai.pixels`); :func:`explain` and :func:`explain_many` trace once and run the
+methods; comparing methods on a dataset and writing the viewer page are in
+:mod:`mmxai.compare_api`. docs/api.md documents all of it.
+"""
 
 from __future__ import annotations
 
 import operator
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +27,7 @@ from mmxai.images import read_image
 from mmxai.method import InvalidMapsError, Method, token_indices
 from mmxai.model import Model, load_model
 from mmxai.options import OptionError
+from mmxai.pixels import pixel_bounds, set_pixel_budget
 from mmxai.registry import manager
 from mmxai.trace import Needs, Trace, generate_trace
 
@@ -277,24 +285,37 @@ def explain(model: Model | str, images: ImageLike | Sequence[ImageLike], prompt:
                         tokens=tokens)[instance.name]
 
 
-def open_pretrained(spec: Any, *, chat_template: Any = None, **kwargs: Any) -> Model:
-    """A model from a hub name or a local folder (:func:`mmxai.hub.resolve` checks which, in
-    one line, before transformers is asked); a checkpoint that cannot be loaded, or whose
-    processor or model cannot run on a test image, is one line ``cannot load model 'X':
-    ...`` (``cannot run model ...``). What a partial checkpoint lacks is filled in from its
-    config, each thing a :class:`mmxai.loading.LoadNote` warning (``model.load_notes``).
-    ``chat_template``: a Jinja template's text, or a path (``pathlib.Path``) to a file
-    holding one, used instead of the checkpoint's (or the family's default). ``kwargs`` go
-    to :func:`mmxai.model.load_model` (``device``, ``dtype``, ``revision`` ...)."""
+def open_pretrained(spec: Any, *, chat_template: Any = None, min_pixels: int | None = None,
+                    max_pixels: int | None = None, **kwargs: Any) -> Model:
+    """A model from a hub name, a local folder or a bundled model's name (``testbed``):
+    :func:`mmxai.hub.resolve` checks which, in one line, before transformers is asked; a
+    bundled name that is also a folder here is said as a :class:`mmxai.loading.LoadNote`
+    warning. A checkpoint that cannot be loaded, or whose processor or model cannot run on a
+    test image, is one line ``cannot load model 'X': ...`` (``cannot run model ...``). What
+    a partial checkpoint lacks is filled in from its config, each thing a ``LoadNote``
+    warning (``model.load_notes``). ``chat_template``: a Jinja template's text, or a path
+    (``pathlib.Path``) to a file holding one, used instead of the checkpoint's (or the
+    family's default). ``min_pixels``/``max_pixels``: the pixel budget of each image, for
+    the families that resize to one (:func:`mmxai.pixels.set_pixel_budget`). ``kwargs`` go
+    to :func:`mmxai.model.load_model` (``device``, ``dtype``, ``revision`` ...). Hugging Face's
+    progress bars are hidden unless ``MMXAI_VERBOSE=1`` (:func:`mmxai.hub.quiet`).
+
+    ``mmxai.load_model`` is this function; :func:`mmxai.model.load_model` the bare loader
+    under it."""
     chat_template = loading.chat_template_text(chat_template)  # before the hub is asked
+    budget = pixel_bounds(min_pixels, max_pixels)  # before the (slow) load, as far as it can
     source = hub.resolve(spec)
+    if source.note is not None:
+        warnings.warn(source.note, loading.LoadNote, stacklevel=2)
     try:
         with hub.quiet(source.offline):
-            return load_model(source.spec, source=source, chat_template=chat_template,
-                              **kwargs)
+            model = load_model(source.spec, source=source, chat_template=chat_template,
+                               **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc
+    set_pixel_budget(model, *budget)
+    return model
 
 
 def _methods(methods: Any, method_options: Any) -> list[Method]:

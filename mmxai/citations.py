@@ -1,10 +1,15 @@
 """Every paper mmxai cites, once, under one BibTeX key.
 
 Plugins name their papers with :func:`cite` (``citation = cite("li2025tam")``); the
-leaderboard's ``references.bib`` collects the entries of what a table shows.
+leaderboard's ``references.bib`` collects the entries of what a table shows
+(:func:`collect`: one entry per key, this module's own when a plugin brings another version
+of it), with :func:`mmxai_entry` for mmxai itself.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
 
 BIBTEX: dict[str, str] = {
     "li2025tam": """@inproceedings{li2025tam,
@@ -137,3 +142,57 @@ BIBTEX: dict[str, str] = {
 def cite(*keys: str) -> str:
     """The BibTeX entries of ``keys``, in order, separated by a blank line."""
     return "\n\n".join(BIBTEX[key] for key in keys)
+
+
+def mmxai_entry(versions: Iterable[str] = ()) -> str:
+    """The BibTeX entry of mmxai itself (key ``mmxai``), naming the ``versions`` that
+    produced a table."""
+    named = ", ".join(sorted(set(versions)))
+    note = f"Python package, version {named}" if named else "Python package"
+    return ("@misc{mmxai,\n"
+            "  title  = {{mmxai}: what a multimodal {LLM} looked at for each generated token},\n"
+            "  author = {{mmxai developers}},\n"
+            f"  note   = {{{note}}}\n"
+            "}")
+
+
+_ENTRY = re.compile(r"@\s*\w+\s*\{\s*([^,\s]+)\s*,", re.MULTILINE)
+
+
+def entries(text: str) -> dict[str, str]:
+    """Split BibTeX text into {key: entry} (a key given twice: its first entry)."""
+    starts = [m.start() for m in _ENTRY.finditer(text)] + [len(text)]
+    found: dict[str, str] = {}
+    for start, end in zip(starts, starts[1:], strict=False):
+        found.setdefault(_ENTRY.match(text, start).group(1), text[start:end].strip())
+    return found
+
+
+def _same(a: str, b: str) -> bool:
+    return a.split() == b.split()
+
+
+def collect(citations: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """One entry per key from ``(source, BibTeX text)`` pairs, and a line for each key that
+    came in several versions.
+
+    Which version a key keeps never depends on the order of names: this module's own entry
+    when it holds the key, else the first source's (callers pass sources in a fixed order).
+    """
+    chosen: dict[str, str] = {}
+    versions: dict[str, dict[str, list[str]]] = {}  # key -> entry -> sources
+    for source, text in citations:
+        for key, entry in entries(text).items():
+            seen = versions.setdefault(key, {})
+            same = next((e for e in seen if _same(e, entry)), entry)
+            seen.setdefault(same, []).append(source)
+            chosen.setdefault(key, BIBTEX.get(key, entry))
+    notes = []
+    for key, seen in versions.items():
+        if len(seen) > 1:
+            kept = next((s for e, s in seen.items() if _same(e, chosen[key])), None)
+            which = f"the one from {', '.join(kept)}" if kept else "mmxai's own"
+            given = "; ".join(", ".join(s) for s in seen.values())
+            notes.append(f"BibTeX key {key!r} comes in {len(seen)} versions (from {given}); "
+                         f"kept {which}")
+    return chosen, notes

@@ -7,22 +7,29 @@ Every :class:`~mmxai.errors.MMXAIError` ends the program with one red line and e
 so do argparse's usage errors (a bad int, a missing argument) and the OS errors a user's
 paths and disk cause (no space, no permission, not a directory: :data:`USER_ERRNOS`). Any
 other exception is a bug and keeps its traceback.
+
+``--verbose`` (before or after the command's name) lets Hugging Face's own output through:
+the ``Loading weights`` and download progress bars and the hub's log lines, which every
+command otherwise hides (:func:`mmxai.hub.quiet`). It sets ``MMXAI_VERBOSE=1`` for the run,
+so ``mmxai compare``'s worker processes inherit it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 
 from mmxai import __version__
 from mmxai.errors import MMXAIError
+from mmxai.hub import VERBOSE_ENV
 
 #: name -> (module, one-line help). The help is here so ``--help`` imports nothing.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -71,14 +78,37 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+VERBOSE_HELP = ("show Hugging Face's progress bars (Loading weights, downloads) and log lines "
+                "(default: hidden; MMXAI_VERBOSE=1 does the same, in Python too)")
+
+
 def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = _Parser(
         prog="mmxai",
         description="Explain what a multimodal LLM looked at for each generated token.",
     )
     parser.add_argument("--version", action="version", version=f"mmxai {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     return parser, commands
+
+
+@contextlib.contextmanager
+def verbosity(verbose: bool) -> Iterator[None]:
+    """With ``verbose``, ``MMXAI_VERBOSE=1`` while the command runs (put back afterwards: a
+    test or a script may call :func:`main` again); without it, the environment as it is."""
+    if not verbose:
+        yield
+        return
+    before = os.environ.get(VERBOSE_ENV)
+    os.environ[VERBOSE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(VERBOSE_ENV, None)
+        else:
+            os.environ[VERBOSE_ENV] = before
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({type(exc).__name__}: {exc})")
             return USAGE_ERROR
         module.add_arguments(sub)
+        # after the command's name too; SUPPRESS keeps a --verbose given before it
+        sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help=VERBOSE_HELP)
         run = module.run
     try:
         args = parser.parse_args(argv)
@@ -111,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return USAGE_ERROR
     try:
-        return int(run(args) or 0)
+        with verbosity(args.verbose):
+            return int(run(args) or 0)
     except MMXAIError as exc:
         error(str(exc))
         return USAGE_ERROR

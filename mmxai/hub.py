@@ -5,6 +5,10 @@ Left to itself, transformers answers a mistyped folder (``models/typo``) or a hu
 cannot reach by retrying the hub five times (about 25 seconds and a dozen log lines) and then
 blaming the network. :func:`resolve` decides first, without retries:
 
+- a bundled model's name (:func:`bundled_models`: ``testbed``, the name the bundled
+  benchmark's leaderboards give it) is its folder inside the installed package, from any
+  directory; a folder of that name here that holds a model (a ``config.json``) wins, and
+  either way, when such a folder is here, :attr:`Source.note` says which was taken;
 - a path that exists: a folder is loaded (its ``config.json`` must name its architectures
   as a list); a file is refused;
 - a path that does not exist and cannot be a hub name (it starts with ``/``, ``.`` or
@@ -16,7 +20,8 @@ blaming the network. :func:`resolve` decides first, without retries:
   have, a gated one, or a hub that cannot be reached is one line. A hub that cannot be
   reached still loads a model already in the cache (offline, at once).
 
-:func:`quiet` silences ``huggingface_hub``'s retry and progress logging while a model loads.
+:func:`quiet` silences Hugging Face's retry logging and progress bars (``Loading weights``)
+while a model loads, unless :func:`verbose` (``MMXAI_VERBOSE=1``, set by ``mmxai --verbose``).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import contextlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +43,24 @@ from mmxai.errors import UnsupportedModelError
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 #: Seconds the one look-up on the hub may take.
 PROBE_TIMEOUT = 10.0
+#: The environment variable that lets Hugging Face's own output through (:func:`verbose`);
+#: an environment variable so that ``mmxai compare``'s worker processes inherit it.
+VERBOSE_ENV = "MMXAI_VERBOSE"
+#: Where the bundled models live: one folder per model (``testbed``, and ``testbed16`` once
+#: it is trained), each named as the bundled benchmark's leaderboards name it.
+BUNDLED_WEIGHTS = Path(str(resources.files("mmxai.testbed") / "weights"))
 
 
 @dataclass(frozen=True)
 class Source:
     """What to hand ``from_pretrained``: a folder or a hub name; ``offline``: load from the
-    Hugging Face cache without asking the hub (it cannot be reached)."""
+    Hugging Face cache without asking the hub (it cannot be reached); ``note``: one line
+    for the user about how the name was read (a bundled model's name that is also a folder
+    here), None when there is nothing to say."""
 
     spec: str
     offline: bool = False
+    note: str | None = None
 
 
 def _refuse(spec: str, cause: str) -> UnsupportedModelError:
@@ -67,6 +83,9 @@ def resolve(spec: Any) -> Source:
                                     f"got {type(spec).__name__}")
     if not spec.strip():
         raise _refuse(spec, "an empty name; expected a hub name or a folder")
+    bundled = bundled_models().get(spec)
+    if bundled is not None:
+        return _bundled(spec, bundled)
     path = Path(spec).expanduser()
     try:
         exists = path.exists()
@@ -81,6 +100,33 @@ def resolve(spec: Any) -> Source:
     if looks_local(spec):
         raise _refuse(spec, "no such folder")
     return _hub(spec)
+
+
+def bundled_models() -> dict[str, Path]:
+    """Name -> folder of each model shipped in :data:`BUNDLED_WEIGHTS` (a folder holding a
+    ``config.json``), e.g. ``{"testbed": .../mmxai/testbed/weights/testbed}``."""
+    try:
+        folders = sorted(BUNDLED_WEIGHTS.iterdir())
+    except OSError:  # an install without the weights
+        return {}
+    return {folder.name: folder for folder in folders if (folder / "config.json").is_file()}
+
+
+def _bundled(name: str, folder: Path) -> Source:
+    """The bundled model ``name``, unless the current folder has a model folder of that name
+    (which wins). When a file or folder of that name is here, the note says which was taken:
+    in a checkout of mmxai, ``./testbed`` is the package's source, not a model."""
+    here = Path(name)
+    if (here / "config.json").is_file():
+        check_config(name, here / "config.json")
+        return Source(name, note=f"model {name!r}: the folder ./{name} here (it holds a "
+                                 f"config.json), not the bundled model of that name; pass "
+                                 f"{str(folder)!r} for the bundled one")
+    if here.exists() or here.is_symlink():
+        what = "folder" if here.is_dir() else "file"
+        return Source(str(folder), note=f"model {name!r}: the bundled model ({folder}); the "
+                                        f"{what} ./{name} here holds no model (no config.json)")
+    return Source(str(folder))
 
 
 def check_config(spec: str, config: Path) -> None:
@@ -165,30 +211,63 @@ def _hub(spec: str) -> Source:
     return Source(spec)
 
 
+def verbose() -> bool:
+    """Whether Hugging Face's own output (download and ``Loading weights`` progress bars, the
+    hub's retry lines) is shown while a model loads: ``MMXAI_VERBOSE`` is 1, true or yes."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
 @contextlib.contextmanager
 def quiet(offline: bool = False) -> Iterator[None]:
-    """While a model loads: ``huggingface_hub`` logs errors only (no retry lines) and shows
-    no progress bars; with ``offline``, it reads the cache without asking the hub."""
+    """While a model loads: unless :func:`verbose`, ``huggingface_hub`` logs errors only (no
+    retry lines) and neither it nor transformers shows progress bars; with ``offline``, the
+    hub's cache is read without asking the hub. Everything is put back afterwards."""
     from huggingface_hub import constants
+
+    was_offline = getattr(constants, "HF_HUB_OFFLINE", False)
+    if offline:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        if verbose():
+            yield
+        else:
+            with _silenced():
+                yield
+    finally:
+        if offline:
+            constants.HF_HUB_OFFLINE = was_offline
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Hugging Face's progress bars off and the hub's logging at errors only, then both
+    back as they were. transformers' switch also flips the hub's, so the hub's is put back
+    after it; an ``HF_HUB_DISABLE_PROGRESS_BARS`` the user set keeps its priority (the hub
+    then declines the switch with a warning, which is not for the user: dropped)."""
     from huggingface_hub.utils import (
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,
     )
     from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as hf_logging
 
     verbosity = hub_logging.get_verbosity()
+    hub_off = are_progress_bars_disabled()
+    transformers_on = hf_logging.is_progress_bar_enabled()
     hub_logging.set_verbosity_error()
-    bars_off = are_progress_bars_disabled()
-    disable_progress_bars()
-    was_offline = getattr(constants, "HF_HUB_OFFLINE", False)
-    if offline:
-        constants.HF_HUB_OFFLINE = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hub_logging.set_verbosity(verbosity)
-        if not bars_off:
-            enable_progress_bars()
-        if offline:
-            constants.HF_HUB_OFFLINE = was_offline
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if transformers_on:
+                hf_logging.enable_progress_bar()
+            if hub_off:
+                disable_progress_bars()
+            elif not transformers_on:
+                enable_progress_bars()

@@ -1,8 +1,9 @@
-"""Rendering: a JET colormap, heat-map overlays and the self-contained HTML viewer.
+"""Rendering: a JET colormap, labelled heat-map overlays and the self-contained HTML viewer.
 
 Everything here is numpy and Pillow: no matplotlib, no OpenCV, no network assets. The HTML
-page embeds its images as base64 ``data:`` URIs and its CSS and JavaScript inline, so one
-file can be mailed, archived or opened offline.
+page (its markup, style and script are :mod:`mmxai.viewer_page`) embeds its images as
+base64 ``data:`` URIs and its CSS and JavaScript inline, so one file can be mailed,
+archived or opened offline.
 """
 
 from __future__ import annotations
@@ -11,19 +12,30 @@ import base64
 import html
 import io
 import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from mmxai.viewer_page import TEMPLATE
+from mmxai.words import token_pieces
+
+if TYPE_CHECKING:
+    from mmxai.api import Explanation
+
+HEATMAP_SIDE = 192  # the page's maps: smooth, so no more pixels than this on the longer side
 
 
 def jet(values: np.ndarray) -> np.ndarray:
     """The JET colormap: (...,) values in [0, 1] -> (..., 3) uint8 RGB, blue to red.
 
     Piecewise linear, like MATLAB's and OpenCV's ``COLORMAP_JET``: each channel is a tent
-    of width 1.5 centred at 1/4 (blue), 1/2 (green) and 3/4 (red).
+    of width 1.5 centred at 1/4 (blue), 1/2 (green) and 3/4 (red). The page's script
+    computes the same table (``viewer_page``: ``LUT``).
     """
     x = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32)), 0.0, 1.0)[..., None]
     centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # R, G, B
@@ -31,12 +43,23 @@ def jet(values: np.ndarray) -> np.ndarray:
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
+def _finite(heat: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def value_range(heat: np.ndarray) -> tuple[float, float]:
+    """(min, max) of one map as :func:`normalise` reads it (NaN/inf as 0; empty: (0, 0)):
+    the raw values its colours span."""
+    heat = _finite(heat)
+    if heat.size == 0:
+        return 0.0, 0.0
+    return float(heat.min()), float(heat.max())
+
+
 def normalise(heat: np.ndarray) -> np.ndarray:
     """Scale one map to [0, 1] for display: min-max, NaN/inf to 0, a constant map to 0."""
-    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if heat.size == 0:
-        return heat
-    lo, hi = float(heat.min()), float(heat.max())
+    heat = _finite(heat)
+    lo, hi = value_range(heat)
     if hi <= lo:
         return np.zeros_like(heat)
     return (heat - lo) / (hi - lo)
@@ -57,6 +80,50 @@ def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> Image.I
     pixels = np.asarray(base, dtype=np.float32)
     blended = alpha * colours + (1.0 - alpha) * pixels
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+
+
+def colour_bar(width: int, height: int) -> Image.Image:
+    """A horizontal JET colour bar: the lowest value (blue) on the left, the highest (red)
+    on the right."""
+    ramp = np.linspace(0.0, 1.0, max(1, width), dtype=np.float32)
+    return Image.fromarray(np.repeat(jet(ramp)[None], max(1, height), axis=0))
+
+
+def number(value: float) -> str:
+    """A colour bar's tick: three significant digits (``0.0123``, ``12.3``, ``1.23e+05``)."""
+    return f"{value:.3g}"
+
+
+def labelled(image: Image.Image, label: str, low: float, high: float) -> Image.Image:
+    """``image`` (an :func:`overlay`) with a caption band over its bottom edge: ``label`` on
+    the left and, on the right, a colour bar from ``low`` to ``high``, the raw values the
+    colours span. The size is unchanged; a label too long for the band ends in ``...``."""
+    out = image.convert("RGB")
+    width, height = out.size
+    band = max(14, round(height * 0.07))
+    font = ImageFont.load_default(size=max(8, round(band * 0.62)))
+    if not isinstance(font, ImageFont.FreeTypeFont):  # Pillow's bitmap font: Latin-1 only
+        label = label.encode("latin-1", "replace").decode("latin-1")
+    shade = Image.new("RGBA", (width, band), (0, 0, 0, 170))
+    out.paste(shade, (0, height - band), shade)
+    draw = ImageDraw.Draw(out)
+    top, pad = height - band, max(2, band // 5)
+    ticks = [number(low), number(high)]
+    bar_width = round(width * 0.25)
+    tick_width = [draw.textlength(t, font=font) for t in ticks]
+    bar_left = width - pad - tick_width[1] - pad - bar_width
+    bar = colour_bar(bar_width, band - 2 * pad)
+    out.paste(bar, (round(bar_left), top + pad))
+    middle = top + band / 2
+    draw.text((bar_left - pad, middle), ticks[0], font=font, fill="white", anchor="rm")
+    draw.text((bar_left + bar_width + pad, middle), ticks[1], font=font, fill="white",
+              anchor="lm")
+    room = bar_left - 3 * pad - tick_width[0]
+    text = as_text(label)
+    while text and draw.textlength(text, font=font) > room:
+        text = text[:-4] + "..." if len(text) > 4 else ""
+    draw.text((pad, middle), text, font=font, fill="white", anchor="lm")
+    return out
 
 
 def fit(size: tuple[int, int], smallest: int = 384, largest: int = 1024) -> tuple[int, int]:
@@ -83,6 +150,13 @@ def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
 def heat_png(heat: np.ndarray) -> bytes:
     """PNG bytes of the JET colouring of one (H, W) map, normalised for display."""
     return png_bytes(Image.fromarray(jet(normalise(heat))))
+
+
+def grey_png(heat: np.ndarray) -> bytes:
+    """PNG bytes of one (H, W) map, normalised and quantised to 8-bit grey (0: its min,
+    255: its max): what the page colours, with the map's :func:`value_range`."""
+    grey = np.round(normalise(heat) * 255.0).astype(np.uint8)
+    return png_bytes(Image.fromarray(grey, mode="L"))
 
 
 def data_uri(encoded: bytes, mime: str = "image/png") -> str:
@@ -123,119 +197,139 @@ def script_json(value: object) -> str:
 
 @dataclass
 class PageMethod:
-    """One method's maps for a page: a JET-coloured PNG per explained token
-    (:func:`heat_png`), laid over the image by the browser."""
+    """One method's maps for a page, in token order.
+
+    ``heatmaps``: one PNG per explained token, the map min-max scaled to 8-bit grey
+    (:func:`grey_png`), coloured by the page; ``ranges``: each map's raw (min, max) (None:
+    (0, 1) for every map), for the page's raw-values view and its colour bars; ``text``:
+    for a method with a text half (TAM), (tokens, tokens) relevances in [0, 1] of token k
+    (column) to explained token j (row), None otherwise. :meth:`from_maps` builds all three.
+    """
 
     name: str
-    heatmaps: list[bytes]  # PNG bytes, in token order
+    heatmaps: list[bytes]
+    ranges: list[tuple[float, float]] | None = None
+    text: np.ndarray | None = None
+
+    @classmethod
+    def from_maps(cls, name: str, maps: Sequence[np.ndarray],
+                  text: np.ndarray | None = None) -> PageMethod:
+        """From each explained token's (H, W) map in the image's frame."""
+        return cls(name, [grey_png(m) for m in maps], [value_range(m) for m in maps], text)
+
+    def checked(self, n_tokens: int) -> tuple[list[list[float]], list[list[float]] | None]:
+        """(ranges, text) as lists for the page; a ValueError in one line naming the method
+        when a count, a shape or a value does not fit ``n_tokens`` tokens."""
+        where = f"method {as_text(self.name)!r}"
+        if len(self.heatmaps) != n_tokens:
+            raise ValueError(f"{where}: {len(self.heatmaps)} maps for {n_tokens} tokens")
+        ranges = [(0.0, 1.0)] * n_tokens if self.ranges is None else self.ranges
+        if len(ranges) != n_tokens:
+            raise ValueError(f"{where}: {len(ranges)} value ranges for {n_tokens} tokens")
+        pairs = [[float(lo), float(hi)] for lo, hi in ranges]
+        if not all(math.isfinite(v) for pair in pairs for v in pair):
+            raise ValueError(f"{where}: a map's value range is not finite")
+        if self.text is None:
+            return pairs, None
+        text = np.asarray(self.text, dtype=np.float64)
+        if text.shape != (n_tokens, n_tokens):
+            raise ValueError(f"{where}: text relevances of shape {text.shape}, expected "
+                             f"{(n_tokens, n_tokens)} (tokens x tokens)")
+        if not (np.isfinite(text).all() and ((text >= 0) & (text <= 1)).all()):
+            raise ValueError(f"{where}: text relevances must be finite and in [0, 1]")
+        return pairs, np.round(text, 4).tolist()
 
 
 def html_page(title: str, image: Image.Image, words: Sequence[str],
-              methods: Sequence[PageMethod], subtitle: str = "", alpha: float = 0.5) -> str:
-    """One self-contained page: the generated text as clickable tokens over the maps.
+              methods: Sequence[PageMethod], subtitle: str = "", alpha: float = 0.5,
+              gaps: Sequence[str] | None = None) -> str:
+    """One self-contained page: the answer as clickable tokens over the maps.
 
-    ``words`` are the explained tokens as decoded text, one per heat map of every method.
-    The image is embedded once and each token's heat map is stacked on it with opacity
-    ``alpha`` (the blend :func:`overlay` computes), so the page stays small even for long
-    answers. Choosing a token shows its map; a selector switches methods when several ran;
-    arrow keys step through the tokens; a slider sets the map's opacity.
+    ``words`` are the explained tokens, each decoded on its own, one per map of every
+    method; ``gaps[i]`` is the text shown before token ``i`` that its own decoding lacks
+    (the space a word-level tokenizer puts between words; default none). The image is
+    embedded once; the page colours each map (JET) and lays it over the image with
+    opacity ``alpha``. It shows the chosen token's map of the chosen method large, with a
+    colour bar; every method's map of that token side by side at one size; the chosen
+    method's map of every token as a strip of thumbnails; and, for a method with a text
+    half, the answer's tokens coloured by their relevance to the chosen one. Controls: a
+    method selector (when several ran), the map's opacity, the image's size, the
+    original image alone, raw values (each method over its range across all tokens)
+    instead of each map min-max scaled; arrow keys step through the tokens. The URL
+    fragment chooses too (``#token=3&method=tam&raw=1&original=0``), and follows the
+    choices, so a link opens the same view.
 
-    Every string (title, subtitle, words, method names) is text, never markup: it is
+    Every string (title, subtitle, words, gaps, method names) is text, never markup: it is
     escaped for HTML, and embedded in the script only as :func:`script_json`.
     """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha {alpha!r}: the map's opacity must be in [0, 1]")
     names = [as_text(m.name) for m in methods]
-    for method in methods:
-        if len(method.heatmaps) != len(words):
-            raise ValueError(f"method {method.name!r}: {len(method.heatmaps)} maps for "
-                             f"{len(words)} tokens")
     if len(set(names)) != len(names):
         raise ValueError(f"methods with the same name would share one entry: {names!r}")
-    payload = {name: [data_uri(png) for png in m.heatmaps] 
-               for name, m in zip(names, methods, strict=True)}
-    width, _ = fit(image.size)
+    gaps = [""] * len(words) if gaps is None else list(gaps)
+    if len(gaps) != len(words):
+        raise ValueError(f"{len(gaps)} gaps for {len(words)} tokens")
+    checked = [m.checked(len(words)) for m in methods]
+    maps = {name: [data_uri(png) for png in m.heatmaps]
+            for name, m in zip(names, methods, strict=True)}
+    ranges = {name: pairs for name, (pairs, _) in zip(names, checked, strict=True)}
+    text = {name: rows for name, (_, rows) in zip(names, checked, strict=True)
+            if rows is not None}
     # The photo goes in once, as JPEG (a PNG photo is ten times larger), at most 1024 wide
     # and never upscaled: the browser scales it to the display width.
     embedded = image.convert("RGB")
     if max(image.size) > 1024:
         embedded = embedded.resize(fit(image.size), Image.Resampling.BICUBIC)
     tokens = "".join(
-        f'<span class="tok" data-i="{i}" title="token {i}">{html_text(word) or "&#8203;"}</span>'
-        for i, word in enumerate(words)
-    )
+        f'{html_text(gap)}<span class="tok" data-i="{i}" title="token {i}">'
+        f'{html_text(word) or "&#8203;"}</span>'
+        for i, (gap, word) in enumerate(zip(gaps, words, strict=True)))
     options = "".join(f'<option value="{html_text(name)}">{html_text(name)}</option>'
                       for name in names)
     if len(methods) > 1:
         selector = f'<label>method <select id="method">{options}</select></label>'
     else:
-        selector = "".join(f"method: <b>{html_text(name)}</b>" for name in names)
-    return _TEMPLATE.format(
-        title=html_text(title), subtitle=html_text(subtitle), tokens=tokens,
-        selector=selector, image=data_uri(jpeg_bytes(embedded), "image/jpeg"),
-        data=script_json(payload), alpha=float(alpha),
-        first=script_json(names[0] if names else ""), width=width,
-    )
+        selector = "".join(f"<label>method: <b>{html_text(name)}</b></label>"
+                           for name in names)
+    ramp = ", ".join(f"rgb({r}, {g}, {b}) {100 * x:g}%"
+                     for x, (r, g, b) in zip(np.linspace(0, 1, 9),
+                                             jet(np.linspace(0, 1, 9)), strict=True))
+    values = {
+        "title": html_text(title), "subtitle": html_text(subtitle), "tokens": tokens,
+        "selector": selector, "image": data_uri(jpeg_bytes(embedded), "image/jpeg"),
+        "maps": script_json(maps), "ranges": script_json(ranges), "text": script_json(text),
+        "first": script_json(names[0] if names else ""), "alpha": f"{float(alpha):g}",
+        "width": str(fit(image.size, 512, 640)[0]), "ramp": ramp,
+    }
+    # One pass: a value holding "@@title@@" is never substituted again.
+    return re.sub(r"@@(\w+)@@", lambda m: values[m.group(1)], TEMPLATE)
 
 
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1700px; }}
-h1 {{ font-size: 1.2em; margin: 0 0 .2em; }}
-.sub {{ color: #666; margin: 0 0 1em; font-size: .9em; }}
-.bar {{ margin: .6em 0; }}
-.text {{ white-space: pre-wrap; line-height: 1.9; font-size: 1.05em; padding: .6em;
-         border: 1px solid #ddd; border-radius: 6px; background: #fafafa; }}
-.tok {{ cursor: pointer; border-radius: 3px; padding: 1px 0; }}
-.tok:hover {{ background: #ffe9a8; }}
-.tok.on {{ background: #ffb300; color: #000; }}
-.views {{ display: flex; gap: 1em; flex-wrap: wrap; margin-top: 1em; }}
-.views figure {{ margin: 0; }}
-.stack {{ position: relative; width: min({width}px, 92vw); }}
-.stack img {{ display: block; width: 100%; height: auto; }}
-.stack img.heat {{ position: absolute; inset: 0; height: 100%; opacity: {alpha}; }}
-.bar label {{ margin-right: 1.5em; }}
-figcaption {{ font-size: .85em; color: #555; }}
-</style></head>
-<body>
-<h1>{title}</h1>
-<p class="sub">{subtitle}</p>
-<div class="bar">{selector}
-<label>map opacity <input type="range" id="alpha" min="0" max="1" step="0.05" value="{alpha}">
-</label></div>
-<div class="text" id="text">{tokens}</div>
-<div class="views">
-<figure><div class="stack"><img src="{image}" alt="input image">
-<img class="heat" id="map" alt="map of the chosen token"></div>
-<figcaption id="cap"></figcaption></figure>
-</div>
-<script>
-const MAPS = {data};
-let method = {first};
-let token = 0;
-const toks = Array.from(document.querySelectorAll(".tok"));
-function show() {{
-  toks.forEach((t, i) => t.classList.toggle("on", i === token));
-  const maps = MAPS[method] || [];
-  if (maps.length) {{ heat.src = maps[token]; }}
-  const word = toks.length ? toks[token].textContent : "";
-  document.getElementById("cap").textContent =
-    method + ", token " + token + ": " + JSON.stringify(word);
-}}
-toks.forEach((t, i) => t.addEventListener("click", () => {{ token = i; show(); }}));
-const heat = document.getElementById("map");
-document.getElementById("alpha").addEventListener("input", (e) => {{
-  heat.style.opacity = e.target.value;
-}});
-const select = document.getElementById("method");
-if (select) select.addEventListener("change", () => {{ method = select.value; show(); }});
-document.addEventListener("keydown", (e) => {{
-  if (!toks.length) return;
-  if (e.key === "ArrowRight") {{ token = Math.min(token + 1, toks.length - 1); show(); }}
-  if (e.key === "ArrowLeft") {{ token = Math.max(token - 1, 0); show(); }}
-}});
-show();
-</script>
-</body></html>
-"""
+def token_gaps(pieces: Sequence[str], words: Sequence[str]) -> list[str]:
+    """What each token's text with its spacing (``pieces``, :func:`mmxai.words.token_pieces`)
+    has before its own decoding (``words``): ``" "`` for a word a word-level tokenizer
+    spaces from the one before, ``""`` where the decoding already holds its space."""
+    return [piece[:len(piece) - len(word)] if piece.endswith(word) else ""
+            for piece, word in zip(pieces, words, strict=True)]
+
+
+def explanation_page(explanations: Mapping[str, Explanation], image: Image.Image,
+                     index: int = 0, title: str = "mmxai",
+                     text: Mapping[str, np.ndarray] | None = None) -> str:
+    """The page (:func:`html_page`) of ``explanations`` (method name -> the
+    :class:`~mmxai.api.Explanation` of one traced sample, all of the same tokens) on its
+    image ``index``, ``image``: the answer spaced as the tokenizer spaces its words, each
+    map at :data:`HEATMAP_SIDE` pixels, and ``text`` (method name -> (tokens, tokens)
+    relevances, as ``mmxai explain`` gathers them) for the methods that have a text half."""
+    first = next(iter(explanations.values()))
+    trace = first.trace
+    pieces, _ = token_pieces(trace.model.tokenizer, trace.generated_ids.tolist())
+    width, height = fit(image.size, HEATMAP_SIDE, HEATMAP_SIDE)
+    methods = [PageMethod.from_maps(name, [e.image_map(i, image=index, size=(height, width))
+                                           for i in range(len(e.tokens))],
+                                    (text or {}).get(name))
+               for name, e in explanations.items()]
+    subtitle = f"prompt: {trace.inputs.prompt!r} | answer: {first.text!r}"
+    return html_page(title, image, first.words, methods, subtitle,
+                     gaps=token_gaps([pieces[t] for t in first.tokens], first.words))

@@ -215,3 +215,100 @@ def test_help_is_fast_because_it_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "explain" in done.stdout
+
+
+# -- quiet by default, --verbose; the bundled model by name ----------------------------------------
+HF_BAR = "Loading weights"
+
+
+def test_commands_hide_hugging_face_output_unless_verbose(tiny_families, tiny_dir, tmp_path,
+                                                          monkeypatch, capsys):
+    """Without --verbose no command prints transformers' Loading weights bar; --verbose,
+    before or after the command's name, lets it through for that run only."""
+    import os
+
+    monkeypatch.delenv("MMXAI_VERBOSE", raising=False)
+    folder = tiny_dir(next(iter(tiny_families)))
+    capsys.readouterr()  # what saving the tiny model printed, if this test saved it
+    args = [folder, folder / "demo.png", "--method", "example-norm", "--max-new-tokens", 2]
+    code, _, err = run_cli(capsys, "explain", *args, "--out", tmp_path / "quiet")
+    assert code == 0, err
+    assert HF_BAR not in err and err.strip() == ""
+    for argv in (["--verbose", "explain", *args], ["explain", *args, "--verbose"]):
+        code, _, err = run_cli(capsys, *argv, "--out", tmp_path / "loud")
+        assert code == 0, err
+        assert HF_BAR in err
+        assert "MMXAI_VERBOSE" not in os.environ  # put back after the run
+    code, _, err = run_cli(capsys, "explain", *args, "--out", tmp_path / "quiet")
+    assert code == 0 and HF_BAR not in err  # a verbose run leaves the next one quiet
+
+
+def test_the_bundled_model_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    """``testbed`` is the bundled model wherever the command runs, with no note when no
+    file of that name is here; explain and compare both take the name, and compare keys it
+    as the bundled benchmark's own run does (``--model testbed`` resumes it)."""
+    from mmxai.datasets.synthetic import DATA
+
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(capsys, "explain", "testbed", DATA / "images" / "0000.png",
+                                "--max-new-tokens", 3, "--out", "out")
+    assert code == 0, err
+    assert err.strip() == "" and "answer:" in stdout
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["model"] == "testbed"
+    common = ["--limit", 1, "--method", "tam", "--metric", "obj-iou", "--bootstrap", 10,
+              "--workers", 1, "--no-progress", "--out", "results"]
+    code, stdout, err = run_cli(capsys, "compare", *common)
+    assert code == 0, err
+    assert stdout.startswith("testbed: 1 samples, 1 evaluated now")
+    code, stdout, err = run_cli(capsys, "compare", "--model", "testbed", *common)
+    assert code == 0, err
+    assert stdout.startswith("testbed: 1 samples, 0 evaluated now, 1 already stored"), stdout
+
+
+def test_a_testbed_folder_here_wins_only_if_it_holds_a_model(tiny_families, tiny_dir,
+                                                             tmp_path, monkeypatch, capsys):
+    """``./testbed`` holding a model is loaded instead of the bundled one; one that holds
+    none (a checkout's package folder) is not; a note says which either way."""
+    import shutil
+
+    from mmxai import hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "testbed").mkdir()
+    source = hub.resolve("testbed")
+    assert source.spec == str(hub.BUNDLED_WEIGHTS / "testbed")
+    assert "the bundled model" in source.note and "./testbed here holds no model" in source.note
+    folder = tiny_dir(next(iter(tiny_families)))
+    capsys.readouterr()  # what saving the tiny model printed, if this test saved it
+    code, _, err = run_cli(capsys, "explain", "testbed", folder / "demo.png", "--method",
+                           "example-norm", "--max-new-tokens", 2, "--out", "out")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.strip()]
+    assert len(notes) == 1 and notes[0].startswith("note: model 'testbed': the bundled model")
+    shutil.rmtree(tmp_path / "testbed")
+    shutil.copytree(folder, tmp_path / "testbed")
+    source = hub.resolve("testbed")
+    assert source.spec == "testbed" and "the folder ./testbed here" in source.note
+    code, _, err = run_cli(capsys, "explain", "testbed", folder / "demo.png", "--method",
+                           "example-norm", "--max-new-tokens", 2, "--out", "out")
+    assert code == 0, err
+    assert "note: model 'testbed': the folder ./testbed here" in err
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["model_class"] == json.loads((folder / "config.json").read_text())[
+        "architectures"][0]
+
+
+def test_every_bundled_weights_folder_is_a_model_name(tmp_path, monkeypatch):
+    """``testbed16`` is a name as soon as ``testbed/weights/testbed16`` holds a model; a
+    folder without a config.json there is no name."""
+    from mmxai import hub
+
+    for name in ("testbed", "testbed16"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text('{"architectures": ["X"]}')
+    (tmp_path / "half-trained").mkdir()
+    monkeypatch.setattr(hub, "BUNDLED_WEIGHTS", tmp_path)
+    monkeypatch.chdir(tmp_path / "half-trained")
+    assert hub.bundled_models() == {"testbed": tmp_path / "testbed",
+                                    "testbed16": tmp_path / "testbed16"}
+    assert hub.resolve("testbed16") == hub.Source(str(tmp_path / "testbed16"))

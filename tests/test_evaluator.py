@@ -102,7 +102,8 @@ def test_compare_on_a_tam_format_fixture_writes_every_file(tmp_path, capsys, mon
     assert "@inproceedings{li2025tam" in bib or "@article{li2025tam" in bib
     assert "lin2014coco" in bib and "petsiuk2018rise" in bib
     tex = (out / "leaderboard.tex").read_text()
-    assert r"deletion[max\_tokens=1,steps=2] $\downarrow$" in tex
+    # readable headers, the settings in the caption (not deletion[max_tokens=1,steps=2])
+    assert r"Deletion $\downarrow$" in tex and r"Deletion: max\_tokens=1, steps=2." in tex
 
 
 # -- resume ----------------------------------------------------------------------------------

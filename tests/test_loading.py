@@ -129,7 +129,8 @@ def test_a_plain_folder_runs_compare_without_a_failed_sample(tiny_family, plain_
                                 "--min-new-tokens", 2, "--bootstrap", 10, "--no-progress")
     assert code == 0, err
     assert [line for line in notes(err) if line.startswith(template_note(folder, tiny_family))]
-    assert f"{folder}: 2 samples, 2 evaluated now, 0 already stored, 0 failed (0 results)" \
+    # the summary names the model by its label: a local folder's own name
+    assert f"{folder.name}: 2 samples, 2 evaluated now, 0 already stored, 0 failed (0 results)" \
         in stdout
 
 

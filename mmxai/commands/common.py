@@ -92,22 +92,25 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
                trust_remote_code: bool = False, source: hub.Source | None = None,
                chat_template: str | None = None,
                say: Callable[[str], None] | None = None) -> Model:
-    """A model from a hub name, a local folder, or ``tiny:<family>``, checked to run.
+    """A model from a hub name, a local folder, a bundled model's name (``testbed``) or
+    ``tiny:<family>``, checked to run.
 
     A folder that does not exist, a hub name the hub does not have or cannot be asked
     about, or a config whose ``architectures`` is not a list is one line at once
     (:func:`mmxai.hub.resolve`), never a minute of retries. Hugging Face's own progress bars
-    and retry logging are off while it loads (the commands show their own), so stderr holds
-    nothing but what mmxai says. ``source``: what :func:`mmxai.hub.resolve` already said
-    about ``spec`` (a command that checks it before its progress display starts), so the
-    hub is not asked twice. ``chat_template`` (the text of ``--chat-template``) replaces
-    the checkpoint's. What loading filled in (:mod:`mmxai.loading`) goes to ``say``, one
-    ``note: ...`` line each (default: stderr); a model that cannot run on a test image is
-    one line (:func:`mmxai.loading.preflight`), before any sample."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    and retry logging are off while it loads (:func:`mmxai.hub.quiet`; ``--verbose`` lets
+    them through), so stderr holds nothing but what mmxai says. ``source``: what
+    :func:`mmxai.hub.resolve` already said about ``spec`` (a command that checks it before
+    its progress display starts), so the hub is not asked twice. ``chat_template`` (the
+    text of ``--chat-template``) replaces the checkpoint's. How the name was read (a bundled
+    model's name that is also a folder here) and what loading filled in
+    (:mod:`mmxai.loading`) go to ``say``, one ``note: ...`` line each (default: stderr); a
+    model that cannot run on a test image is one line (:func:`mmxai.loading.preflight`),
+    before any sample."""
+    if not spec.startswith(TINY):
+        source = source or hub.resolve(spec)
+        if source.note is not None:
+            (say or note)(source.note)
     try:
         if spec.startswith(TINY):
             model = find_family(spec[len(TINY):]).tiny()
@@ -126,9 +129,6 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
         cause = first if isinstance(exc, (OSError, ValueError)) and first else \
             f"{type(exc).__name__}: {first}".rstrip(": ")
         raise UnsupportedModelError(f"cannot load model {spec!r}: {cause}") from exc
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     for text in model.load_notes:
         (say or note)(text)
     return model

@@ -11,6 +11,9 @@ generate with one cause, the run stops with it (``--keep-going`` runs on).
 With neither ``--model`` nor ``--dataset`` it runs the bundled benchmark: the registered
 dataset whose class sets ``default_benchmark = True``, on that class's ``default_model``.
 ``--model tiny:<family>`` builds the family's tiny random model in memory (tests, demos).
+A model is named in the store and tables by its ``--label`` (``--model M --label L`` or
+``--label M=L``), by default a local folder by its folder's name, never this machine's path
+(:func:`~mmxai.commands.leaderboard.model_labels`).
 
 ``--protocol`` names the evaluation protocol (:mod:`mmxai.protocols`): its words and the
 options it sets on each localisation metric (their columns say so,
@@ -38,7 +41,7 @@ What loading a checkpoint filled in is said as ``note:`` lines, once per model (
 from __future__ import annotations
 
 import argparse
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -59,7 +62,7 @@ from mmxai.commands.common import (
     parse_options,
     resolve_device,
 )
-from mmxai.commands.leaderboard import check_out
+from mmxai.commands.leaderboard import LabelAction, check_out, model_labels
 from mmxai.dataset import Dataset
 from mmxai.errors import InputError, MMXAIError
 from mmxai.evaluation import (
@@ -84,9 +87,17 @@ from mmxai.registry import manager
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", dest="models", action="append", metavar="MODEL",
-                        help="hub name, local folder or tiny:<family> (repeatable)")
-    parser.add_argument("--dataset", help="registered dataset name (see `mmxai plugins`)")
-    parser.add_argument("--data-root", type=Path, metavar="PATH", help="the dataset's folder")
+                        help="hub name, local folder or tiny:<family> (repeatable; default: "
+                             "the bundled benchmark's model)")
+    parser.add_argument("--label", dest="labels", action=LabelAction, default=[],
+                        metavar="[MODEL=]LABEL",
+                        help="how a model is named in the results and tables: MODEL=LABEL, "
+                             "or LABEL for the --model just before it (repeatable; default: "
+                             "a local folder's name, else the --model as given)")
+    parser.add_argument("--dataset", help="registered dataset name, see `mmxai plugins` "
+                                          "(default: the bundled benchmark)")
+    parser.add_argument("--data-root", type=Path, metavar="PATH",
+                        help="the dataset's folder (default: the dataset's own)")
     parser.add_argument("--method", dest="methods", action="extend", nargs="+", metavar="NAME",
                         help="method(s), repeatable or comma-separated (default: all registered)")
     parser.add_argument("--metric", dest="metrics", action="extend", nargs="+", metavar="NAME",
@@ -94,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", dest="options", action="append", default=[],
                         metavar="NAME.KEY=VALUE",
                         help="an option of a method, metric or the dataset, e.g. "
-                             "deletion.steps=16 (repeatable)")
+                             "deletion.steps=16 (repeatable; default: each one's defaults)")
     parser.add_argument("--out", type=Path, default=Path("mmxai-results"), metavar="DIR",
                         help="results folder (default: mmxai-results)")
     parser.add_argument("--protocol", default=protocols.DEFAULT, metavar="NAME",
@@ -104,31 +115,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-maps", type=Path, metavar="DIR",
                         help="write each computed sample's maps to DIR/<model>/<method>/"
                              "<sample id>.npz (samples resumed from --out are not computed "
-                             "again: their maps are not written)")
-    parser.add_argument("--limit", type=int, metavar="N", help="the first N samples only")
-    parser.add_argument("--max-new-tokens", type=_max_new_tokens, default=32, metavar="N")
+                             "again: their maps are not written; default: none written)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="the first N samples only (default: all)")
+    parser.add_argument("--max-new-tokens", type=_max_new_tokens, default=32, metavar="N",
+                        help="the most tokens each answer may have (default: 32)")
     parser.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
-                        help="no EOS before N tokens (tiny random models stop at once)")
+                        help="no EOS before N tokens; tiny random models stop at once "
+                             "(default: 0)")
     parser.add_argument("--device", default="auto",
                         help="torch device; auto: cuda (cuda:LOCAL_RANK under torchrun) if "
-                             "available, else cpu")
+                             "available, else cpu (default: auto)")
     parser.add_argument("--dtype", default="auto",
-                        help="model dtype: auto, float32, bfloat16 or float16")
+                        help="model dtype: auto (the checkpoint's), float32, bfloat16 or "
+                             "float16 (default: auto)")
     parser.add_argument("--batch", type=int, metavar="N",
                         help="samples per generate call (default: 8 on CUDA, 1 on CPU, where "
                              "sharded and resumed runs then stay bit-identical)")
     parser.add_argument("--shard", metavar="I/N",
-                        help="run shard I of N (0-based); default: RANK/WORLD_SIZE if set")
+                        help="run shard I of N (0-based; default: RANK/WORLD_SIZE if set, "
+                             "else the whole run)")
     parser.add_argument("--workers", metavar="N|auto",
                         help="worker processes, each evaluating 1/N of the samples (default "
                              "auto: one per usable core for a small model on CPU, else 1)")
     parser.add_argument("--threads", default="auto", metavar="N|auto",
                         help="torch threads per process (default auto: 1 with several "
                              "workers or a small model, else torch's default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every random step and of the bootstrap (default: 0)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                         help="bootstrap resamples for the intervals and tests (default 1000)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (default: bars on stderr)")
     parser.add_argument("--no-retry", action="store_true",
                         help="keep stored failures as they are (default: a rerun computes "
                              "failed results again; the store keeps every attempt)")
@@ -136,10 +154,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every sample even when the first ones all fail to prepare "
                              "or generate with the same cause (default: stop with it)")
     parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the checkpoint's own Python code to run")
+                        help="allow the checkpoint's own Python code to run (default: not)")
     parser.add_argument("--chat-template", type=Path, metavar="FILE",
                         help="a Jinja chat template (UTF-8 file) for every model, instead of "
-                             "the checkpoint's, or of the family's default when it has none")
+                             "the checkpoint's, or of the family's default when it has none "
+                             "(default: those)")
 
 
 def _max_new_tokens(text: str) -> int:
@@ -179,11 +198,6 @@ def default_benchmark() -> type[Dataset]:
     return found[0]
 
 
-def model_label(spec: str) -> str:
-    """How a model is keyed in the store: the spec, with a local folder's path normalised."""
-    return os.path.normpath(spec) if Path(spec).is_dir() else spec
-
-
 @dataclass
 class Plan:
     """What a run evaluates: its spec and the objects built from it, checked before any
@@ -197,6 +211,7 @@ class Plan:
     labels: list[str]  # how each is keyed in the store
     device: torch.device
     chat_template: str | None = None  # --chat-template's text
+    given_labels: tuple[tuple[int, str], ...] = ()  # --label, as build_plan takes them
     #: Where the models opened say their load notes: the reporter of shard 0's evaluator.
     _notes: Reporter = field(default_factory=Reporter, repr=False, compare=False)
 
@@ -219,12 +234,15 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check everything the user typed and build the datasets, methods and metrics."""
-    return build_plan(run_spec(args), chat_template_option(args.chat_template))
+    return build_plan(run_spec(args), chat_template_option(args.chat_template),
+                      tuple(args.labels))
 
 
-def build_plan(spec: RunSpec, chat_template: str | None = None) -> Plan:
+def build_plan(spec: RunSpec, chat_template: str | None = None,
+               labels: Sequence[tuple[int, str]] = ()) -> Plan:
     """The plan of ``spec``: what it names, built (in the parent and in each worker), its
-    models opened with ``chat_template`` (the text of ``--chat-template``) if given."""
+    models opened with ``chat_template`` (the text of ``--chat-template``) if given and
+    named as ``labels`` (``--label``, :func:`model_labels`) say."""
     protocols.require(spec.protocol)  # its libraries and data, before anything loads
     chosen = spec.selection
     dataset_cls = (manager().get("datasets", chosen.dataset) if chosen.dataset
@@ -249,9 +267,8 @@ def build_plan(spec: RunSpec, chat_template: str | None = None) -> Plan:
     metric_objs = [NamedMetric.make(manager().get("metrics", name), options.get(name),
                                     spec.protocol) for name in metrics]
     return Plan(spec, dataset, method_objs, metric_objs, models,
-                # the bundled model is keyed by its folder's name, not this machine's path
-                [Path(models[0]).name] if bundled else [model_label(s) for s in models],
-                resolve_device(spec.device), chat_template)
+                model_labels(models, labels, bundled), resolve_device(spec.device),
+                chat_template, tuple(labels))
 
 
 def _count(value: str | None, option: str) -> int | None:
@@ -329,8 +346,9 @@ def _run_here(plan: Plan, shard: Shard, reporter: Reporter, console: Console) ->
 def _run_workers(plan: Plan, count: int, threads: int, samples: int, reporter: Reporter,
                  console: Console) -> list[Path]:
     """``count`` worker processes; the stores to merge. Raises if a worker failed."""
-    build = (build_plan if plan.chat_template is None
-             else partial(build_plan, chat_template=plan.chat_template))  # pickles by value
+    given = {"chat_template": plan.chat_template, "labels": plan.given_labels}
+    given = {name: value for name, value in given.items() if value}
+    build = partial(build_plan, **given) if given else build_plan  # pickles by value
     outcome = workers.run_workers(build, plan, count, threads, samples, reporter)
     for summary in outcome.summaries:
         if summary is not None:

@@ -2,10 +2,13 @@
 
 Writes into ``--out``:
 
-- ``<method>/<index>_<token>.png``: the map of each generated token over the image
-  (``<method>/image<k>/...`` when several images are given);
+- ``<method>/<index>_<token>.png``: the map of each generated token over the image, captioned
+  with the method, the token and a colour bar of the map's values (``<method>/image<k>/...``
+  when several images are given);
 - ``index.html`` (``image<k>.html`` per image, plus an index, for several images): the
-  answer as clickable tokens, each showing its map; self-contained, works offline;
+  answer as clickable tokens, spaced as the tokenizer spaces its words; for the chosen token
+  every method's map side by side, for the chosen method every token's; TAM's text half;
+  self-contained, works offline (:func:`mmxai.viewer.html_page`);
 - ``<method>/maps.npz``: the raw flat maps (n_tokens, N_image) with the grid layout, to
   reshape with :mod:`mmxai.maps`;
 - ``run.json``: model, prompt, ``--chat-template`` file, answer, methods and options, and
@@ -26,6 +29,7 @@ import argparse
 import json
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +60,11 @@ from mmxai.commands.common import (
 )
 from mmxai.commands.tiny import folder_argument, shown, writable_folder
 from mmxai.errors import InputError
+from mmxai.method import Method
 from mmxai.saved_maps import maps_path, save_maps
 from mmxai.words import token_pieces
 
 DEFAULT_METHOD = "tam"
-HEATMAP_SIDE = 192  # maps are smooth: the page needs no more pixels than this
 #: Exit code when some methods failed and the others' outputs were written.
 PARTIAL = 3
 
@@ -68,30 +72,38 @@ PARTIAL = 3
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="hub name (e.g. Qwen/Qwen2-VL-2B-Instruct), local folder "
                                       "or tiny:<family>")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s)")
-    parser.add_argument("--prompt", default="Describe the image.", help="the user prompt")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image file(s); several go into one prompt, images first")
+    parser.add_argument("--prompt", default="Describe the image.",
+                        help="the user prompt (default: %(default)r)")
     parser.add_argument("--method", dest="methods", action="extend", nargs="+", metavar="NAME",
                         help=f"attribution method(s), repeatable or comma-separated "
                              f"(default: {DEFAULT_METHOD}; see `mmxai plugins`)")
     parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
-                        help=f"length of the greedy answer, 1 to {MAX_NEW_TOKENS} (default: 32)")
+                        help=f"length of the greedy answer, 1 to {MAX_NEW_TOKENS} "
+                             f"(default: %(default)s)")
     parser.add_argument("--out", type=folder_argument, default=Path("mmxai-out"), metavar="DIR",
-                        help="output folder (default: mmxai-out)")
+                        help="output folder: PNGs, maps.npz, run.json and the viewer "
+                             "index.html (default: %(default)s)")
     parser.add_argument("--option", dest="options", action="append", default=[],
                         metavar="METHOD.KEY=VALUE",
-                        help="a method option, e.g. tam.eci=false (repeatable)")
+                        help="a method option, e.g. tam.eci=false (repeatable; default: "
+                             "each method's defaults, see docs/plugins.md)")
     parser.add_argument("--device", default="auto",
-                        help="torch device; auto: cuda if available, else cpu")
+                        help="torch device: auto (cuda when available, else cpu), cpu, "
+                             "cuda, cuda:N, mps or xpu (default: %(default)s)")
     parser.add_argument("--dtype", default="auto",
-                        help="model dtype: auto, float32, bfloat16 or float16")
+                        help="model dtype: auto (the checkpoint's), float32, bfloat16, "
+                             "float16 or float64 (default: %(default)s)")
     parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the checkpoint's own Python code to run")
+                        help="allow the checkpoint's own Python code to run (default: off)")
     parser.add_argument("--chat-template", type=Path, metavar="FILE",
                         help="a Jinja chat template (UTF-8 file) to use instead of the "
-                             "checkpoint's, or of the family's default when it has none")
+                             "checkpoint's, or of the family's default when it has none "
+                             "(default: the checkpoint's)")
     parser.add_argument("--save-maps", type=folder_argument, metavar="DIR",
                         help="also write each method's maps to DIR/<method>/<sample_id>.npz, "
-                             "for `mmxai score` and other tools")
+                             "for `mmxai score` and other tools (default: not written)")
     parser.add_argument("--sample-id", metavar="ID",
                         help="the sample id --save-maps names the file after (default: the "
                              "first image's file name without its extension)")
@@ -179,19 +191,19 @@ def run(args: argparse.Namespace) -> int:
                                         image_names=list(map(str, args.images)))
         if explanations:
             try:
-                heatmaps = {}
                 for name, explanation in explanations.items():
                     progress.update(task, description=f"rendering {shown(name)}", advance=1)
                     write_method(explanation, render_overlays(explanation, images), args.out,
                                  folders[name])
-                    heatmaps[name] = render_heatmaps(explanation, images)
                     if sample_id is not None:
                         save_method_maps(explanation, args.save_maps / folders[name],
                                          sample_id)
                 progress.update(task, advance=1)
-                pages = write_pages(explanations, heatmaps, images, args.out,
+                text = text_relevances(instances, explanations,
+                                       say=lambda line: note(line, progress.console))
+                pages = write_pages(explanations, images, args.out,
                                     title=f"mmxai: {args.model}",
-                                    image_names=list(map(str, args.images)))
+                                    image_names=list(map(str, args.images)), text=text)
                 write_run(explanations, args, failures, folders)
             except OSError as exc:  # disk full, a file appearing in the way, ...
                 where = exc.filename if exc.filename is not None else args.out
@@ -253,7 +265,9 @@ def save_method_maps(explanation: Explanation, folder: Path, sample_id: str) -> 
 
 
 def render_overlays(explanation: Explanation, images: list[Image.Image]) -> list[list[bytes]]:
-    """PNG bytes of each explained token's map over each image: ``[image][token]``.
+    """PNG bytes of each explained token's map over each image: ``[image][token]``, each
+    captioned with the method, the token and a colour bar of its values
+    (:func:`mmxai.viewer.labelled`).
 
     Sizes follow :func:`mmxai.viewer.fit`, so big photos shrink and tiny images grow.
     """
@@ -261,25 +275,42 @@ def render_overlays(explanation: Explanation, images: list[Image.Image]) -> list
     for index, image in enumerate(images):
         shown = image.resize(viewer.fit(image.size), Image.Resampling.BICUBIC)
         size = (shown.height, shown.width)
-        rendered.append([
-            viewer.png_bytes(viewer.overlay(shown, explanation.image_map(i, image=index,
-                                                                         size=size)))
-            for i in range(len(explanation.tokens))
-        ])
+        pngs = []
+        for i, (token, word) in enumerate(zip(explanation.tokens, explanation.words,
+                                              strict=True)):
+            heat = explanation.image_map(i, image=index, size=size)
+            label = f"{explanation.method}: token {token} {json.dumps(word, ensure_ascii=False)}"
+            pngs.append(viewer.png_bytes(viewer.labelled(viewer.overlay(shown, heat), label,
+                                                         *viewer.value_range(heat))))
+        rendered.append(pngs)
     return rendered
 
 
-def render_heatmaps(explanation: Explanation, images: list[Image.Image]) -> list[list[bytes]]:
-    """PNG bytes of each explained token's bare JET map for the HTML page:
-    ``[image][token]``, HEATMAP_SIDE pixels on the longer side (the browser smooths them)."""
-    rendered = []
-    for index, image in enumerate(images):
-        width, height = viewer.fit(image.size, HEATMAP_SIDE, HEATMAP_SIDE)
-        rendered.append([
-            viewer.heat_png(explanation.image_map(i, image=index, size=(height, width)))
-            for i in range(len(explanation.tokens))
-        ])
-    return rendered
+def text_relevances(methods: list[Method], explanations: dict[str, Explanation],
+                    say: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """The text half of each method that has one (``text_relevance(trace, tokens)``, as
+    :class:`mmxai.methods.tam.TAM` defines it): method name -> (tokens, tokens), the
+    relevance of each explained token (column) to each (row), for the page. A method whose
+    text half fails or does not fit is said in one ``say`` line and shown without it."""
+    found = {}
+    for method in methods:
+        compute = getattr(method, "text_relevance", None)
+        explanation = explanations.get(method.name)
+        if compute is None or explanation is None:
+            continue
+        tokens, n_generated = explanation.tokens, explanation.trace.n_generated
+        try:
+            scores = np.asarray(compute(explanation.trace, tokens), dtype=np.float32)
+            if scores.shape != (len(tokens), n_generated):
+                raise ValueError(f"shape {scores.shape}, expected {(len(tokens), n_generated)}")
+            if not (np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()):
+                raise ValueError("values outside [0, 1]")
+        except Exception as exc:  # a plugin's bug costs its text half, not the page
+            say(f"method {method.name!r}: the page shows no text relevances "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())})")
+            continue
+        found[method.name] = scores[:, tokens]
+    return found
 
 
 def write_method(explanation: Explanation, overlays: list[list[bytes]], out: Path,
@@ -307,19 +338,17 @@ def write_method(explanation: Explanation, overlays: list[list[bytes]], out: Pat
     )
 
 
-def write_pages(explanations: dict[str, Explanation], heatmaps: dict[str, list[list[bytes]]],
-                images: list[Image.Image], out: Path, title: str,
-                image_names: list[str] | None = None) -> list[Path]:
-    """One self-contained HTML page per image (``index.html`` for a single image); the
-    first path returned is the one to open. Every string is escaped (:mod:`mmxai.viewer`)."""
-    first = next(iter(explanations.values()))
-    subtitle = f"prompt: {first.trace.inputs.prompt!r} | answer: {first.text!r}"
+def write_pages(explanations: dict[str, Explanation], images: list[Image.Image], out: Path,
+                title: str, image_names: list[str] | None = None,
+                text: dict[str, np.ndarray] | None = None) -> list[Path]:
+    """One self-contained HTML page per image (``index.html`` for a single image,
+    :func:`mmxai.viewer.explanation_page`); the first path returned is the one to open.
+    ``text``: the text halves (:func:`text_relevances`)."""
     paths = []
     for index, image in enumerate(images):
-        methods = [viewer.PageMethod(name, pngs[index]) for name, pngs in heatmaps.items()]
         path = out / ("index.html" if len(images) == 1 else f"image{index}.html")
         heading = title if len(images) == 1 else f"{title} (image {index})"
-        path.write_text(viewer.html_page(heading, image, first.words, methods, subtitle),
+        path.write_text(viewer.explanation_page(explanations, image, index, heading, text),
                         encoding="utf-8")
         paths.append(path)
     if len(images) > 1:

@@ -73,11 +73,11 @@ SOURCE = "saved maps"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True,
                         help="registered dataset name (see `mmxai plugins`)")
-    parser.add_argument("--data-root", type=Path, metavar="PATH", help="the dataset's folder")
+    parser.add_argument("--data-root", type=Path, metavar="DIR", help="its folder (default: own)")
     parser.add_argument("--maps", type=Path, required=True, metavar="DIR",
                         help="folder of <sample_id>.npz maps files (format: mmxai.saved_maps)")
     parser.add_argument("--protocol", required=True, metavar="NAME",
-                        help=f"evaluation protocol: {', '.join(protocols.PROTOCOLS)}")
+                        help=f"evaluation protocol, required: {', '.join(protocols.PROTOCOLS)}")
     parser.add_argument("--label", metavar="NAME",
                         help="the maps' source, the table's method column (default: the "
                              "--maps folder's name)")
@@ -88,10 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", dest="options", action="append", default=[],
                         metavar="DATASET.KEY=VALUE",
                         help="an option of the dataset, e.g. synthetic.limit=10 (repeatable)")
-    parser.add_argument("--limit", type=int, metavar="N", help="the first N samples only")
+    parser.add_argument("--limit", type=int, metavar="N", help="the first N samples (default all)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                         help="bootstrap resamples for the intervals and tests (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

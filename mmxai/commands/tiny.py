@@ -138,7 +138,7 @@ def save_demo_image(path: Path, size: int = 256) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("family", help="adapter name or HF architecture (see `mmxai plugins`)")
     parser.add_argument("dir", type=folder_argument, help="folder to write the model to")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--seed", type=int, default=0, help="random weights' seed (default 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a folder that already holds a model (replacing it)")
 

@@ -236,7 +236,7 @@ class Evaluator:
                     for m in self.methods}
         keys = {name: RunKey(label, self.dataset.name, name, provenance.options_hash(s))
                 for name, s in settings.items()}
-        self._record_provenance(model, label, keys, settings)
+        self._record_provenance(model, label, keys, settings, [s.id for _, s in samples])
         self._check_prompts(label, keys, samples)
         retry = self.spec.retry
         done = {name: self.store.done(key, retry_failed=retry) for name, key in keys.items()}
@@ -284,13 +284,12 @@ class Evaluator:
             self.reporter.failed(error, where)
 
     def _record_provenance(self, model: Model, label: str, keys: dict[str, RunKey],
-                           settings: dict[str, dict[str, Any]]) -> None:
+                           settings: dict[str, dict[str, Any]], sample_ids: list[str]) -> None:
         """Store each key's provenance; refuse a resumption whose identity changed."""
-        metrics = {m.label: m.describe() for m in self.metrics.values()}
-        run = provenance.run_record(model, label, self.dataset, self.spec, metrics,
-                                    self.shard.label)
+        run = provenance.run_record(model, label, self.dataset, self.spec,
+                                    list(self.metrics.values()), self.shard.label, sample_ids)
         for method in self.methods:
-            record = provenance.record(run, settings[method.name])
+            record = provenance.record(run, settings[method.name], method)
             stored = self.store.add_provenance(keys[method.name], record)
             changed = provenance.mismatch(stored, record)
             if changed:

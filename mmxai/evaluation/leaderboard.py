@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmxai import citations
 from mmxai.errors import MMXAIError, UnknownNameError
 from mmxai.evaluation import provenance
 from mmxai.evaluation.stats import Scorer, bootstrap_ci, paired_permutation_p
@@ -27,6 +28,9 @@ from mmxai.registry import manager
 
 CATEGORY_ORDER = ("localisation", "faithfulness", "sanity", "cost")
 ALPHA = 0.05
+#: Below this many samples a table says its intervals are wide and that a missing mark of
+#: significance is no evidence of equality.
+SMALL_N = 30
 
 
 @dataclass
@@ -42,6 +46,13 @@ class MetricInfo:
     @property
     def arrow(self) -> str:
         return "↑" if self.higher_is_better else "↓"
+
+    @property
+    def settings(self) -> str:
+        """The options the column was computed with, as its label holds them:
+        ``max_tokens=2, steps=4`` ('' for none)."""
+        inner = self.label[len(self.name):].strip()
+        return inner[1:-1].replace(",", ", ") if inner.startswith("[") else inner
 
 
 @dataclass
@@ -65,6 +76,7 @@ class LeaderRow:
     cells: dict[str, Cell]
     n: int  # samples with at least one evaluated metric
     failed: int  # samples with at least one failure
+    sample_ids: list[str] = field(default_factory=list)  # evaluated or failed, sorted
 
 
 @dataclass
@@ -75,6 +87,12 @@ class Leaderboard:
     provenance: list[dict[str, Any]]
     n_boot: int
     seed: int
+
+    @property
+    def smallest_n(self) -> int | None:
+        """The fewest samples any cell was evaluated on (None: no cell)."""
+        counts = [c.n for row in self.rows for c in row.cells.values()]
+        return min(counts) if counts else None
 
 
 def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, Any]]]:
@@ -207,7 +225,8 @@ def build(rows: Sequence[Row], provenance: Sequence[dict[str, Any]], n_boot: int
                                      len(parts), n_failed)
         evaluated = {s for (k, _), by in ok.items() if k == key for s in by}
         broken = {s for (k, _), ss in failed.items() if k == key for s in ss}
-        table.append(LeaderRow(key, "", cells, len(evaluated), len(broken)))
+        table.append(LeaderRow(key, "", cells, len(evaluated), len(broken),
+                               sorted(evaluated | broken)))
     labels = _labels(keys)
     for row in table:
         row.label = labels[row.key]
@@ -250,3 +269,67 @@ def leaderboard(paths: Sequence[str | Path], n_boot: int = 1000, seed: int = 0) 
     """Load and merge stores, then build the table."""
     rows, provenance = load_rows(paths)
     return build(rows, provenance, n_boot, seed)
+
+
+# -- what a table cites ----------------------------------------------------------------------
+KINDS = ("methods", "metrics", "datasets")
+
+
+@dataclass
+class References:
+    """The papers a table cites: one BibTeX entry per key (mmxai's own first), the keys of
+    each (kind, name) in the table, and a line for each thing that could not be cited as
+    the results say or came with two versions of one entry."""
+
+    entries: dict[str, str]
+    keys: dict[tuple[str, str], list[str]]
+    notes: list[str]
+
+
+def _stored_plugins(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict]:
+    """(kind, name) -> the plugin record a run stored (:func:`provenance.plugin`)."""
+    stored: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        plugins = record.get("plugins") or {}
+        found = [("methods", plugins.get("method")), ("datasets", plugins.get("dataset")),
+                 *(("metrics", p) for p in (plugins.get("metrics") or {}).values())]
+        for kind, info in found:
+            if isinstance(info, dict) and isinstance(info.get("name"), str):
+                stored.setdefault((kind, info["name"]), info)
+    return stored
+
+
+def _citation(kind: str, name: str, stored: dict[tuple[str, str], dict]) -> str | None:
+    """The BibTeX the run stored for ``name`` (what produced the rows), else the installed
+    plugin's; None when neither is known."""
+    if (kind, name) in stored:
+        return str(stored[(kind, name)].get("citation") or "")
+    try:
+        return manager().get(kind, name).citation or ""
+    except UnknownNameError:
+        return None
+
+
+def references(board: Leaderboard) -> References:
+    """Every method's, metric's and dataset's BibTeX, from the results' provenance (so a
+    store re-rendered where a plugin is not installed keeps its citation) or the installed
+    plugins, plus mmxai's own entry."""
+    names = {"methods": sorted({r.key.method for r in board.rows}),
+             "metrics": sorted({m.name for m in board.metrics}),
+             "datasets": sorted({r.key.dataset for r in board.rows})}
+    stored = _stored_plugins(board.provenance)
+    sources = [("mmxai", citations.mmxai_entry(
+        str(p["mmxai"]) for p in board.provenance if p.get("mmxai")))]
+    keys: dict[tuple[str, str], list[str]] = {}
+    notes = []
+    for kind in KINDS:
+        for name in names[kind]:
+            text = _citation(kind, name, stored)
+            if text is None:
+                notes.append(f"{kind[:-1]} {name!r}: not cited: its plugin is not installed "
+                             "here and the results do not record its citation")
+                continue
+            keys[(kind, name)] = list(citations.entries(text))
+            sources.append((f"{kind[:-1]} {name}", text))
+    entries, conflicts = citations.collect(sources)
+    return References(entries, keys, notes + conflicts)

@@ -19,9 +19,13 @@ identity, in one of two ways (docs/evaluator.md, "What a stored result is keyed 
   (:data:`IDENTITY`) when a run resumes into a store: a change is refused with a line naming
   what changed, never mixed with the stored rows.
 
-The rest of a record (versions, device, shard, and ``run``: the whole
-:class:`~mmxai.evaluation.spec.RunSpec`, batch size and statistics included) is
-informative.
+The rest of a record is informative: versions, device, shard, ``run`` (the whole
+:class:`~mmxai.evaluation.spec.RunSpec`, batch size and statistics included), the
+``protocol``, the ``command`` line, the ``git`` commit of the mmxai checkout that ran (when
+it runs from one), the ``samples`` the run selected (count and a hash of their ids), the
+hashes of the processor's settings and of the chat template, and ``plugins``: the
+distribution, version and citation of the plugin behind the method, each metric and the
+dataset, so a table re-rendered where a plugin is not installed still cites its papers.
 """
 
 from __future__ import annotations
@@ -30,15 +34,22 @@ import dataclasses
 import hashlib
 import json
 import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 import mmxai
 from mmxai.dataset import Dataset
+from mmxai.errors import UnknownNameError
 from mmxai.evaluation.spec import RunSpec
 from mmxai.model import Model
+from mmxai.registry import manager
 
 #: Fields that must not change when a run is resumed into the same store (the key's own
 #: settings are listed too: they cannot differ under one key, but a record says so).
@@ -228,41 +239,103 @@ def prompt_hash(prompt: str) -> str:
     return _sha(prompt)[:16]
 
 
+class DescribedMetric(Protocol):
+    """What a record needs of a metric column (an evaluator's ``NamedMetric``)."""
+
+    label: str
+    metric: Any
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def plugin(kind: str, name: str, obj: Any) -> dict[str, Any]:
+    """The distribution and version providing ``name`` among ``kind`` (None for one not
+    registered, made in process) and the BibTeX of ``obj``'s ``citation``."""
+    try:
+        info = manager().provider(kind, name)
+        distribution, version = info.distribution, info.version
+    except UnknownNameError:
+        distribution = version = None
+    return {"name": name, "distribution": distribution, "version": version,
+            "citation": str(getattr(obj, "citation", "") or "")}
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> dict[str, Any] | None:
+    """The commit of the git checkout mmxai runs from (and whether tracked files differ
+    from it), or None when it is installed from a package or git cannot tell."""
+    root = Path(mmxai.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                 "--untracked-files=no"], check=True, capture_output=True,
+                                text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def samples_record(sample_ids: Sequence[str]) -> dict[str, Any]:
+    """How many samples and which: a hash of their sorted ids (:func:`ids_hash`)."""
+    return {"count": len(sample_ids), "sha256": ids_hash(sample_ids)}
+
+
+def ids_hash(sample_ids: Sequence[str]) -> str:
+    """SHA-256 of the sorted sample ids, one a line."""
+    return _sha("".join(f"{i}\n" for i in sorted(sample_ids)))
+
+
 def run_record(model: Model, label: str, dataset: Dataset, spec: RunSpec,
-               metrics: dict[str, dict[str, Any]], shard: str) -> dict[str, Any]:
+               metrics: Sequence[DescribedMetric], shard: str,
+               sample_ids: Sequence[str]) -> dict[str, Any]:
     """What the records of one model's run share, whatever the method: versions, the model
     (its weights are hashed: seconds per GB, so once per run), the dataset, the metrics, the
-    device, the shard, and the whole run specification (``run``)."""
+    samples selected, the device, the shard, the command line, the checkout's commit, the
+    protocol, the plugins behind the dataset and metrics, and the whole run specification
+    (``run``)."""
     import transformers
 
     device = str(model.device)
     if model.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name(model.device)})"
+    identity = model_identity(model)
     return {
         "mmxai": mmxai.__version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
+        "command": shlex.join(sys.argv),
+        "git": git_commit(),
         "model": label,
         "model_id": model.model_id,
         "architecture": type(model.hf).__name__,
         "weights": weights_id(model),
-        **model_identity(model),
+        **identity,
+        "processor_sha256": _sha(json.dumps(identity["processor"], sort_keys=True)),
         "dataset": dataset.name,
         "dataset_root": str(dataset.root) if dataset.root is not None else None,
         "dataset_fingerprint": dataset_fingerprint(dataset),
-        "metrics": metrics,
+        "samples": samples_record(sample_ids),
+        "metrics": {m.label: m.describe() for m in metrics},
+        "protocol": spec.protocol,
+        "plugins": {"dataset": plugin("datasets", dataset.name, dataset),
+                    "metrics": {m.label: plugin("metrics", m.metric.name, m.metric)
+                                for m in metrics}},
         "device": device,
         "shard": shard,
         "run": spec.to_dict(),
     }
 
 
-def record(run: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+def record(run: dict[str, Any], settings: dict[str, Any], method: Any) -> dict[str, Any]:
     """One method's record: its run's (:func:`run_record`) with the settings its key hashes
-    (:func:`run_settings`)."""
+    (:func:`run_settings`) and the plugin behind ``method``."""
     return {
         **run,
+        "plugins": {**run["plugins"], "method": plugin("methods", method.name, method)},
         "dtype": settings["dtype"],
         "dataset_options": settings["dataset_options"],
         "method": settings["method"],
