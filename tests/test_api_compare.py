@@ -33,10 +33,10 @@ def test_compare_returns_the_leaderboard_as_rows_and_resumes_with_the_command(tm
          "references.bib"])
     assert all(p.is_file() for p in result.files)
     rows = result.rows()
-    assert [(r["model"], r["method"]) for r in rows] == [("testbed", "random"),
-                                                        ("testbed", "tam")]
+    assert [(r["model"], r["method"]) for r in rows] == [("testbed16", "random"),
+                                                        ("testbed16", "tam")]
     for row in rows:
-        assert row["dataset"] == "synthetic" and row["n"] == 2 and row["failed"] == 0
+        assert row["dataset"] == "synthetic16" and row["n"] == 2 and row["failed"] == 0
         for label in ("obj-iou", "deletion[max_tokens=1,steps=2]"):
             value, low, high = row[label], row[f"{label}.low"], row[f"{label}.high"]
             assert math.isfinite(value) and low <= value <= high, (label, row)
@@ -51,7 +51,7 @@ def test_compare_returns_the_leaderboard_as_rows_and_resumes_with_the_command(tm
                      "--workers", "1", "--no-progress", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
-    assert stdout.startswith("testbed: 2 samples, 0 evaluated now, 2 already stored"), stdout
+    assert stdout.startswith("testbed16: 2 samples, 0 evaluated now, 2 already stored"), stdout
 
 
 def test_compare_names_models_by_the_labels_given(tmp_path):

@@ -259,10 +259,10 @@ def test_the_bundled_model_by_name_from_any_folder(tmp_path, monkeypatch, capsys
               "--workers", 1, "--no-progress", "--out", "results"]
     code, stdout, err = run_cli(capsys, "compare", *common)
     assert code == 0, err
-    assert stdout.startswith("testbed: 1 samples, 1 evaluated now")
-    code, stdout, err = run_cli(capsys, "compare", "--model", "testbed", *common)
+    assert stdout.startswith("testbed16: 1 samples, 1 evaluated now")  # the default benchmark
+    code, stdout, err = run_cli(capsys, "compare", "--model", "testbed16", *common)
     assert code == 0, err
-    assert stdout.startswith("testbed: 1 samples, 0 evaluated now, 1 already stored"), stdout
+    assert stdout.startswith("testbed16: 1 samples, 0 evaluated now, 1 already stored"), stdout
 
 
 def test_a_testbed_folder_here_wins_only_if_it_holds_a_model(tiny_families, tiny_dir,

@@ -24,7 +24,7 @@ from mmxai.registry import manager
 from mmxai.saved_maps import load_maps, maps_path
 from mmxai.words import WordOptions
 
-# the bundled benchmark (no --model, no --dataset): the testbed model on synthetic scenes
+# the bundled benchmark (no --model, no --dataset): testbed16 on the synthetic16 scenes
 BUNDLED = ["--limit", "2", "--workers", "1", "--bootstrap", "50", "--no-progress"]
 
 
@@ -180,30 +180,30 @@ def test_save_maps_writes_one_file_per_sample_and_method(tmp_path, capsys, worke
     assert code == 0, err
     samples = stored_samples(out)
     assert len(samples) == 2
-    expected = {maps_path(maps / "testbed" / method, sid)
+    expected = {maps_path(maps / "testbed16" / method, sid)
                 for method in ("tam", "random") for sid in samples}
     assert set(maps.rglob("*.npz")) == expected
     assert not list(maps.rglob(".saving-*"))  # no temporary file left behind
-    tam = load_maps(maps_path(maps / "testbed" / "tam", samples[0]))
+    tam = load_maps(maps_path(maps / "testbed16" / "tam", samples[0]))
     assert tam.maps.ndim == 2 and tam.maps.shape[0] == len(tam.tokens) > 0
     assert tam.maps.shape[1] == sum(g.size for g in tam.grids)
     assert np.isfinite(tam.maps).all() and not np.array_equal(
-        tam.maps, load_maps(maps_path(maps / "testbed" / "random", samples[0])).maps)
+        tam.maps, load_maps(maps_path(maps / "testbed16" / "random", samples[0])).maps)
     # resumed samples are not computed again: nothing written, and the run says so
     for path in expected:
         path.unlink()
     code, _, err = run_cli(capsys, *run)
     assert code == 0, err
     assert not list(maps.rglob("*.npz"))
-    notes = re.findall(r"--save-maps: testbed(?: \(shard \d/2\))?: (\d) \(sample, method\) "
+    notes = re.findall(r"--save-maps: testbed16(?: \(shard \d/2\))?: (\d) \(sample, method\) "
                        r"pair\(s\) were already stored", err)
     assert len(notes) == int(workers) and sum(map(int, notes)) == 4, err
 
 
 def test_maps_that_cannot_be_written_fail_their_rows_not_the_run(tmp_path, capsys):
     out, maps = tmp_path / "out", tmp_path / "maps"
-    (maps / "testbed").mkdir(parents=True)
-    (maps / "testbed" / "tam").write_text("a file where tam's folder goes")
+    (maps / "testbed16").mkdir(parents=True)
+    (maps / "testbed16" / "tam").write_text("a file where tam's folder goes")
     code, printed, err = run_cli(capsys, "compare", "--method", "tam,random", "--metric",
                                  "obj-iou", "--save-maps", maps, "--out", out, *BUNDLED)
     assert code == 0, err
@@ -212,7 +212,7 @@ def test_maps_that_cannot_be_written_fail_their_rows_not_the_run(tmp_path, capsy
     assert len(failed) == 2, err
     assert all("--save-maps: method 'tam':" in line and "(tam · obj-iou)" in line
                for line in failed), failed
-    assert len(list((maps / "testbed" / "random").glob("*.npz"))) == 2
+    assert len(list((maps / "testbed16" / "random").glob("*.npz"))) == 2
     board = json.loads((out / "leaderboard.json").read_text())
     assert {(r["method"], r["n"], r["failed"]) for r in board["rows"]} == {
         ("tam", 0, 2), ("random", 2, 0)}

@@ -163,9 +163,9 @@ def test_score_gives_the_evaluators_values_for_its_maps(protocol, testbed, defau
 
 def test_score_gives_compares_values_for_compares_saved_maps(tmp_path, capsys):
     saved, compared, scored = tmp_path / "maps", tmp_path / "compare", tmp_path / "score"
-    code, _, err = run_cli(capsys, "compare", "--limit", 3, "--method", "tam", "--metric",
-                           METRICS, "--save-maps", saved, "--out", compared, "--bootstrap",
-                           BOOT, "--no-progress")
+    code, _, err = run_cli(capsys, "compare", "--dataset", "synthetic", "--limit", 3,
+                           "--method", "tam", "--metric", METRICS, "--save-maps", saved,
+                           "--out", compared, "--bootstrap", BOOT, "--no-progress")
     assert code == 0, err
     code, _, err = score(capsys, saved / "testbed" / "tam", scored, "--limit", 3)
     assert code == 0, err

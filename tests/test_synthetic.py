@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from mmxai.dataset import Sample
-from mmxai.datasets.synthetic import DATA, SyntheticScenes, write_split
+from mmxai.datasets.synthetic import (
+    DATA,
+    DATA16,
+    EVAL_SIZE_16,
+    SyntheticScenes,
+    SyntheticScenes16,
+    write_split,
+)
 from mmxai.registry import manager
 from mmxai.testbed.scenes import (
     COLOURS,
@@ -132,17 +139,23 @@ def test_word_labels_reach_the_words_of_a_caption():
     assert got == {w: scene.word_labels().get(w) for w in scene.caption.split()}
 
 
-def test_shipped_split_matches_regeneration():
-    records = [json.loads(line) for line in (DATA / "scenes.jsonl").read_text().splitlines()]
-    assert len(records) == EVAL_SIZE
+@pytest.mark.parametrize("geometry, data, size, prefix", [
+    ("8", DATA, EVAL_SIZE, "synthetic"), ("16", DATA16, EVAL_SIZE_16, "synthetic16")])
+def test_shipped_split_matches_regeneration(geometry, data, size, prefix):
+    records = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
+    assert len(records) == size
     for record in records:
-        scene = generate_scene(EVAL_SEED, record["index"])
+        scene = generate_scene(EVAL_SEED, record["index"], geometry)
         assert record["seed"] == EVAL_SEED
-        assert np.array_equal(np.asarray(Image.open(DATA / record["image"])), scene.image)
-        assert np.array_equal(np.asarray(Image.open(DATA / record["mask"])), scene.mask)
+        assert record["id"] == f"{prefix}-{EVAL_SEED}-{record['index']:04d}"
+        assert np.array_equal(np.asarray(Image.open(data / record["image"])), scene.image)
+        assert np.array_equal(np.asarray(Image.open(data / record["mask"])), scene.mask)
         assert record["caption"] == scene.caption
         assert record["word_labels"] == scene.word_labels()
         assert record["categories"] == scene.categories()
+    if geometry == "16":  # 128-px scenes read by the 16x16 benchmark's dataset
+        (sample,) = list(SyntheticScenes16(limit=1))
+        assert sample.id == records[0]["id"] and Image.open(sample.image).size == (128, 128)
 
 
 def test_dataset_yields_samples_with_image_sized_masks():
@@ -164,12 +177,17 @@ def test_dataset_yields_samples_with_image_sized_masks():
         assert set(sample.categories.values()) == set(np.unique(sample.mask)) - {0}
 
 
-def test_dataset_is_the_registered_default_benchmark():
-    cls = manager().get("datasets", "synthetic")
-    assert cls is SyntheticScenes
-    assert cls.default_benchmark is True
-    # the bundled model's folder (its weights land with the trained testbed, issue 5)
-    assert Path(cls.default_model).parts[-3:] == ("testbed", "weights", "testbed")
+def test_the_16x16_benchmark_is_the_default_and_the_8x8_one_stays_by_name():
+    from mmxai.commands.compare import default_benchmark
+
+    assert default_benchmark() is manager().get("datasets", "synthetic16") is SyntheticScenes16
+    eight = manager().get("datasets", "synthetic")
+    assert eight is SyntheticScenes and eight.default_benchmark is False
+    # each benchmark's bundled model, shipped with the package
+    assert Path(eight.default_model).parts[-3:] == ("testbed", "weights", "testbed")
+    assert Path(SyntheticScenes16.default_model).parts[-3:] == ("testbed", "weights",
+                                                                 "testbed16")
+    assert (Path(SyntheticScenes16.default_model) / "model.safetensors").is_file()
 
 
 def test_write_split_round_trips_and_fingerprints(tmp_path: Path):

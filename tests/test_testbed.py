@@ -1,5 +1,6 @@
-"""The bundled testbed model: it loads through the LLaVA adapter, is a word-level tiny LLaVA
-with tied embeddings, and still captions held-out scenes as well as its card says."""
+"""The bundled testbed models (8x8 and 16x16 token grids): each loads through the LLaVA
+adapter, is a word-level tiny LLaVA with tied embeddings, and still captions held-out scenes
+as well as its card says."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmxai.datasets.synthetic import SyntheticScenes
+from mmxai.datasets.synthetic import SyntheticScenes, SyntheticScenes16
 from mmxai.model import load_model
-from mmxai.testbed.scenes import PROMPT
+from mmxai.testbed.scenes import PROMPT, resolve_geometry
 from mmxai.testbed.train import (
-    GRID,
-    SIZE,
     build_processor,
     captions,
     eval_scenes,
@@ -22,24 +21,38 @@ from mmxai.testbed.train import (
 )
 from mmxai.trace import generate_trace
 
-TESTBED = Path(SyntheticScenes.default_model)
-RECORD = json.loads((TESTBED / "training.json").read_text())
-SCENES = eval_scenes(30)
 MARGIN = 0.05
+BENCHMARKS = {"8": SyntheticScenes, "16": SyntheticScenes16}
+
+
+class Bundled:
+    """One bundled model: its folder, training record, geometry and 30 held-out scenes."""
+
+    def __init__(self, geometry: str) -> None:
+        self.folder = Path(BENCHMARKS[geometry].default_model)
+        self.record = json.loads((self.folder / "training.json").read_text())
+        self.geometry = resolve_geometry(geometry)
+        self.scenes = eval_scenes(30, self.geometry)
+
+
+@pytest.fixture(scope="module", params=sorted(BENCHMARKS), ids=lambda g: f"{g}x{g}")
+def bundled(request) -> Bundled:
+    return Bundled(request.param)
 
 
 @pytest.fixture(scope="module")
-def testbed():
+def testbed(bundled):
     torch.set_num_threads(1)
-    return load_model(str(TESTBED))
+    return load_model(str(bundled.folder))
 
 
 @pytest.fixture(scope="module")
-def predicted(testbed) -> list[str]:
-    return captions(testbed.hf, testbed.processor, SCENES)
+def predicted(testbed, bundled) -> list[str]:
+    return captions(testbed.hf, testbed.processor, bundled.scenes)
 
 
-def test_folder_is_complete_and_small():
+def test_folder_is_complete_and_small(bundled):
+    TESTBED, RECORD = bundled.folder, bundled.record
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "processor_config.json", "chat_template.jinja", "README.md", "training.json"):
         assert (TESTBED / name).is_file(), name
@@ -49,49 +62,52 @@ def test_folder_is_complete_and_small():
     assert f"{RECORD['exact_match']:.1%}" in card and f"{RECORD['readout']['auroc']:.3f}" in card
 
 
-def test_loads_as_a_tied_tiny_llava(testbed):
+def test_loads_as_a_tied_tiny_llava(testbed, bundled):
     hf = testbed.hf
     assert type(hf).__name__ == "LlavaForConditionalGeneration"
     assert type(testbed).__name__ == "Llava"
     assert hf.config.tie_word_embeddings
     assert hf.lm_head.weight.data_ptr() == hf.get_input_embeddings().weight.data_ptr()
-    assert sum(p.numel() for p in hf.parameters()) == RECORD["parameters"]
-    assert testbed.fixed_size == (SIZE, SIZE)
+    assert sum(p.numel() for p in hf.parameters()) == bundled.record["parameters"]
+    size = bundled.geometry.size
+    assert testbed.fixed_size == (size, size)
 
 
-def test_inputs_have_one_grid_of_image_tokens(testbed):
-    inputs = testbed.build_inputs([SCENES[0].pil()], PROMPT)
-    assert len(inputs.grids) == 1 and inputs.grids[0].shape == (GRID, GRID)
+def test_inputs_have_one_grid_of_image_tokens(testbed, bundled):
+    inputs = testbed.build_inputs([bundled.scenes[0].pil()], PROMPT)
+    grid = bundled.geometry.grid
+    assert len(inputs.grids) == 1 and inputs.grids[0].shape == (grid, grid)
     prompt = testbed.tokenizer.convert_ids_to_tokens(inputs.input_ids[inputs.prompt_positions])
     assert prompt == ["describe", "the", "image", "."]
 
 
-def test_tokenizer_is_word_level_and_matches_a_fresh_build(testbed):
+def test_tokenizer_is_word_level_and_matches_a_fresh_build(testbed, bundled):
     tokenizer = testbed.tokenizer
-    assert tokenizer.get_vocab() == build_processor().tokenizer.get_vocab()
-    for scene in SCENES:
+    assert tokenizer.get_vocab() == build_processor(bundled.geometry).tokenizer.get_vocab()
+    for scene in bundled.scenes:
         ids = tokenizer(scene.caption, add_special_tokens=False)["input_ids"]
         assert len(ids) == len(scene.caption.split())
         assert tokenizer.unk_token_id not in ids
         assert tokenizer.decode(ids) == scene.caption
 
 
-def test_captions_held_out_scenes_as_the_card_says(predicted):
-    accuracy = sum(p == s.caption for p, s in zip(predicted, SCENES, strict=True)) / len(SCENES)
-    assert accuracy >= RECORD["exact_match"] - MARGIN
+def test_captions_held_out_scenes_as_the_card_says(predicted, bundled):
+    scenes = bundled.scenes
+    accuracy = sum(p == s.caption for p, s in zip(predicted, scenes, strict=True)) / len(scenes)
+    assert accuracy >= bundled.record["exact_match"] - MARGIN
 
 
-def test_traced_generation_gives_the_same_captions(testbed, predicted):
-    for scene, expected in list(zip(SCENES, predicted, strict=True))[:3]:
+def test_traced_generation_gives_the_same_captions(testbed, predicted, bundled):
+    for scene, expected in list(zip(bundled.scenes, predicted, strict=True))[:3]:
         trace = generate_trace(testbed, testbed.build_inputs([scene.pil()], PROMPT),
                                max_new_tokens=16)
         text = testbed.tokenizer.decode(trace.generated_ids, skip_special_tokens=True)
         assert " ".join(text.split()) == expected
 
 
-def test_lm_head_reads_object_words_at_object_patches(testbed):
-    measured = readout(testbed.hf, testbed.processor, SCENES)
-    assert measured["auroc"] >= RECORD["readout"]["auroc"] - MARGIN
+def test_lm_head_reads_object_words_at_object_patches(testbed, bundled):
+    measured = readout(testbed.hf, testbed.processor, bundled.scenes)
+    assert measured["auroc"] >= bundled.record["readout"]["auroc"] - MARGIN
     assert measured["pointing"] > 2 * measured["pointing_chance"]
 
 
@@ -111,8 +127,8 @@ def test_default_compare_runs_every_method_and_metric_on_the_bundled_benchmark(t
     assert all(r["n"] == 2 and r["failed"] == 0 for r in board["rows"])
     names = {m["label"].split("[")[0] for m in board["metrics"]}
     assert names == set(manager().items("metrics"))
-    assert board["provenance"][0]["dataset"] == "synthetic"
-    assert [r["model"] for r in board["rows"]][0] == "testbed"  # not this machine's path
+    assert board["provenance"][0]["dataset"] == "synthetic16"  # the 16x16 benchmark
+    assert [r["model"] for r in board["rows"]][0] == "testbed16"  # not this machine's path
     for name in ("leaderboard.md", "leaderboard.tex", "leaderboard.csv", "references.bib"):
         assert (out / name).stat().st_size > 0
 
