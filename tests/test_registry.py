@@ -201,6 +201,19 @@ def test_mmxai_plugins_accepts_a_distribution_name(monkeypatch):
     assert pm.names("methods") == ["example-norm"] and pm.names("models") == []
 
 
+def test_mmxai_plugins_names_that_match_nothing_are_said(entry_points, monkeypatch, capsys):
+    """A typo in MMXAI_PLUGINS is not a silently empty selection: `mmxai plugins` names it
+    (under the table, and on stderr beside --json)."""
+    monkeypatch.setenv(registry.ENV_VAR, "good,goood")
+    monkeypatch.setattr(registry, "_default", registry.PluginManager(entry_points))
+    assert cli.main(["plugins"]) == 0
+    assert "'goood' matched no plugin" in capsys.readouterr().out
+    assert cli.main(["plugins", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [p["name"] for p in json.loads(captured.out)] == ["good"]
+    assert "'goood' matched no plugin" in captured.err
+
+
 def test_cli_lists_broken_plugins_and_keeps_working(entry_points, monkeypatch, capsys,
                                                     tiny_families, tiny_dir, tmp_path):
     real = list(metadata.entry_points(group=registry.GROUP))

@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     plugins = pm.plugins()
     if args.json:
         print(json.dumps([as_json(pm, p) for p in plugins], indent=2))
+        if pm.unmatched():  # stdout stays JSON; the unmatched names go to stderr
+            Console(stderr=True, soft_wrap=True).print(escape(pm.limited_by()), highlight=False)
         return 0
     table = Table(title="mmxai plugins", title_justify="left")
     for column in ("plugin", "distribution", "version", "licence", "registered", "status"):
@@ -121,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         for message in p.errors:
             console.print(f"[bold red]broken[/] {escape(p.name)} ({escape(p.distribution)}): "
                           f"{escape(message)}", markup=True, highlight=False)
+    limited = pm.limited_by()  # says which MMXAI_PLUGINS names matched no plugin
     console.print(f"{len(plugins)} plugins, {len(broken)} broken"
                   f"{' (the rest work normally)' if broken else ''}. "
-                  f"Set {ENV_VAR}=a,b to load only some.")
+                  + (f"{escape(limited)}." if limited else f"Set {ENV_VAR}=a,b to load only some."),
+                  highlight=False)
     return 0
