@@ -307,10 +307,8 @@ def open_pretrained(spec: Any, *, chat_template: Any = None, min_pixels: int | N
     source = hub.resolve(spec)
     if source.note is not None:
         warnings.warn(source.note, loading.LoadNote, stacklevel=2)
-    try:
-        with hub.quiet(source.offline):
-            model = load_model(source.spec, source=source, chat_template=chat_template,
-                               **kwargs)
+    try:  # load_model hides Hugging Face's output itself (hub.quiet)
+        model = load_model(source.spec, source=source, chat_template=chat_template, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc

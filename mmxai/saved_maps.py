@@ -176,6 +176,22 @@ def _check_layout(sample_id: str, tokens: Sequence[str], special: Sequence[bool]
         raise MMXAIError(f"{where}: maps hold NaN or infinite values")
 
 
+def save_trace_maps(folder: str | Path, sample_id: str, trace: Any, flat_maps: np.ndarray,
+                    tokens: Sequence[int] | None = None) -> Path:
+    """:func:`save_maps` of a trace's maps: the generated tokens decoded once per trace (kept
+    in ``trace.cache``, so every method's file reuses them), ``tokens`` the rows of
+    ``flat_maps`` (None: every generated token)."""
+    from mmxai.words import token_pieces
+
+    if "token_pieces" not in trace.cache:
+        trace.cache["token_pieces"] = token_pieces(trace.model.tokenizer,
+                                                   trace.generated_ids.tolist())
+    pieces, special = trace.cache["token_pieces"]
+    rows = range(len(pieces)) if tokens is None else tokens
+    return save_maps(folder, sample_id, [pieces[t] for t in rows], [special[t] for t in rows],
+                     flat_maps, trace.grids)
+
+
 def painted_size(grids: Sequence[ImageGrid]) -> tuple[int, int]:
     """(height, width) to paint image 0 at: its finest grid's resolution over the whole
     image, at most :data:`PAINTED_SIDE` on the longer side (1x1 without a grid)."""
@@ -335,4 +351,4 @@ def _box(array: np.ndarray | None, where: str) -> tuple[float, float, float, flo
 
 
 __all__ = ["MEMBERS", "PAINTED_SIDE", "SavedMaps", "load_maps", "maps_path", "painted_size",
-           "sample_id_of", "save_maps"]
+           "sample_id_of", "save_maps", "save_trace_maps"]

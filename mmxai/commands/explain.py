@@ -61,8 +61,7 @@ from mmxai.commands.common import (
 from mmxai.commands.tiny import folder_argument, shown, writable_folder
 from mmxai.errors import InputError
 from mmxai.method import Method
-from mmxai.saved_maps import maps_path, save_maps
-from mmxai.words import token_pieces
+from mmxai.saved_maps import maps_path, save_trace_maps
 
 DEFAULT_METHOD = "tam"
 #: Exit code when some methods failed and the others' outputs were written.
@@ -252,12 +251,9 @@ def _check_save_maps(args: argparse.Namespace, folders: dict[str, str]) -> str |
 def save_method_maps(explanation: Explanation, folder: Path, sample_id: str) -> Path:
     """One method's maps as ``folder/<sample_id>.npz`` (:func:`mmxai.saved_maps.save_maps`):
     the explained tokens each decoded on its own, and the maps over the trace's grids."""
-    trace = explanation.trace
-    pieces, special = token_pieces(trace.model.tokenizer, trace.generated_ids.tolist())
     try:
-        return save_maps(folder, sample_id, [pieces[t] for t in explanation.tokens],
-                         [special[t] for t in explanation.tokens], explanation.maps,
-                         trace.grids)
+        return save_trace_maps(folder, sample_id, explanation.trace, explanation.maps,
+                               explanation.tokens)
     except OSError as exc:  # disk full, a file appearing in the way, ...
         raise InputError(f"--save-maps {str(folder.parent)!r}: cannot write "
                          f"{str(maps_path(folder, sample_id))!r} ({exc.strerror or exc})"

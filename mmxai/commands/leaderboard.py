@@ -58,9 +58,10 @@ class LabelAction(argparse.Action):
 def model_label(spec: str) -> str:
     """How a model is named in the store and tables by default: a local folder by its name
     (never this machine's path), anything else as given."""
-    if not Path(spec).is_dir():
+    folder = Path(spec).expanduser()  # "~/m" is the folder hub.resolve loads
+    if not folder.is_dir():
         return spec
-    return Path(spec).resolve().name or os.path.normpath(spec)
+    return folder.resolve().name or os.path.normpath(spec)
 
 
 def model_labels(models: Sequence[str], given: Sequence[tuple[int, str]],

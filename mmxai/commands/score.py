@@ -56,14 +56,14 @@ from mmxai.evaluation import (
     provenance,
     write_all,
 )
-from mmxai.evaluation.evaluator import _check_parts, _failures
+from mmxai.evaluation.evaluator import failure_causes, metric_row
 from mmxai.evaluation.jobs import cause, prefixed
 from mmxai.evaluation.report import few
 from mmxai.metric import EvalItem
 from mmxai.model import ImageGrid
 from mmxai.protocols import Protocol
 from mmxai.registry import manager
-from mmxai.saved_maps import SUFFIX, SavedMaps, load_maps, maps_path, sample_id_of
+from mmxai.saved_maps import SUFFIX, load_maps, maps_path, sample_id_of
 from mmxai.words import words_from_tokens
 
 STORE = "results.sqlite"
@@ -337,7 +337,7 @@ def score(spec: ScoreSpec, protocol: Protocol, dataset: Dataset,
                                     metrics)
                 store.write(rows)
                 summary.evaluated += 1
-                for error, where in _failures(rows).items():
+                for error, where in failure_causes(rows).items():
                     summary.failures += [f"{w}: {error}" for w in where]
                     summary.failed_samples.add(sample.id)
                     reporter.failed(error, where)
@@ -380,21 +380,7 @@ def score_sample(key: RunKey, sample: Sample, paths: Sequence[Path],
         return failed(f"words of {paths[0].name}: {cause(exc)}")
     item = EvalItem(sample, None, None, SavedTrace(saved.grids, saved.tokens), saved.maps,
                     words, mask)
-    return [measure(key, item, named, saved, mask_error) for named in metrics]
-
-
-def measure(key: RunKey, item: EvalItem, named: NamedMetric, saved: SavedMaps,
-            mask_error: str | None) -> Row:
-    """One metric's row for one sample, as the evaluator makes it."""
-    sid = item.sample.id
-    if named.metric.needs_mask:
-        if mask_error is not None:
-            return Row.failed(key, sid, named.label, prefixed(f"sample {sid}", mask_error))
-        if item.mask is None:
-            return Row.skipped(key, sid, named.label, "the sample has no mask")
-    try:
-        parts = _check_parts(named.metric.measure(item))
-    except Exception as exc:
-        return Row.failed(key, sid, named.label, f"sample {sid}: metric {named.label!r} on "
-                                                 f"maps {saved.path.name}: {cause(exc)}")
-    return Row.ok(key, sid, named.label, parts)
+    if mask_error is not None:
+        mask_error = prefixed(f"sample {sid}", mask_error)
+    return [metric_row(key, named, item, mask_error, f"maps {saved.path.name}")
+            for named in metrics]

@@ -11,7 +11,7 @@ Per sample, whatever the number of methods (each sample a
 3. group the generated tokens into labelled words (:func:`mmxai.words.words_from_trace`);
 4. call every method (``method(trace)``, which checks its maps) on the shared trace for all
    generated tokens, measuring its seconds per token and peak memory (``EvalItem.cost``);
-5. with ``spec.save_maps``, write each method's maps (:func:`mmxai.saved_maps.save_maps`
+5. with ``spec.save_maps``, write each method's maps (:func:`mmxai.saved_maps.save_trace_maps`
    into :meth:`RunSpec.maps_folder <mmxai.evaluation.spec.RunSpec.maps_folder>`);
 6. run every metric's ``measure`` on the method's :class:`~mmxai.metric.EvalItem`.
 
@@ -70,9 +70,9 @@ from mmxai.method import Method
 from mmxai.metric import EvalItem, Metric, Parts
 from mmxai.model import Model
 from mmxai.protocols import Protocol
-from mmxai.saved_maps import save_maps
+from mmxai.saved_maps import save_trace_maps
 from mmxai.trace import Needs
-from mmxai.words import token_pieces, words_from_trace
+from mmxai.words import words_from_trace
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Summary:
     retried: int = 0  # samples with failed rows stored, computed again now
 
 
-def _failures(rows: Sequence[Row]) -> dict[str, list[str]]:
+def failure_causes(rows: Sequence[Row]) -> dict[str, list[str]]:
     """error -> the "method · metric" cells it failed, so one cause prints once."""
     by_error: dict[str, list[str]] = {}
     for row in rows:
@@ -136,7 +136,7 @@ def _failures(rows: Sequence[Row]) -> dict[str, list[str]]:
     return by_error
 
 
-def _check_parts(parts: Any) -> Parts:
+def check_parts(parts: Any) -> Parts:
     """``{name: [finite numbers]}``, or an MMXAIError saying what is wrong with ``parts``.
 
     A metric with nothing to measure on a sample returns an empty list (or the sample is
@@ -278,7 +278,7 @@ class Evaluator:
 
     def _count(self, job: SampleJob, rows: list[Row], summary: Summary) -> None:
         summary.evaluated += 1
-        for error, where in _failures(rows).items():
+        for error, where in failure_causes(rows).items():
             summary.failures += [f"{w}: {error}" for w in where]
             summary.failed_samples.add(job.sample.id)
             self.reporter.failed(error, where)
@@ -372,25 +372,29 @@ class Evaluator:
     def _save_maps(self, key: RunKey, job: SampleJob, maps: np.ndarray) -> None:
         """With ``spec.save_maps``, write ``maps`` (G, N) of the job's sample for ``key``'s
         model and method."""
-        if self.spec.save_maps is None:
-            return
-        trace = job.trace
-        tokens, special = token_pieces(trace.model.tokenizer, trace.generated_ids.tolist())
-        save_maps(self.spec.maps_folder(key.model, key.method), job.sample.id, tokens, special,
-                  maps, trace.grids)
+        if self.spec.save_maps is not None:
+            save_trace_maps(self.spec.maps_folder(key.model, key.method), job.sample.id,
+                            job.trace, maps)
 
     def _measure(self, key: RunKey, job: SampleJob, item: EvalItem, label: str) -> Row:
-        named = self.metrics[label]
-        sid = job.sample.id
-        if named.metric.needs_mask:
-            if job.mask_error is not None:
-                return Row.failed(key, sid, label, job.mask_error)
-            if job.mask is None:
-                return Row.skipped(key, sid, label, "the sample has no mask")
-        try:
-            reseed(self.spec.seed, job.index, f"metric:{label}:{item.method.name}")
-            parts = _check_parts(named.metric.measure(item))
-        except Exception as exc:
-            return Row.failed(key, sid, label, f"sample {sid}: metric {label!r} on method "
-                                               f"{item.method.name!r}: {cause(exc)}")
-        return Row.ok(key, sid, label, parts)
+        reseed(self.spec.seed, job.index, f"metric:{label}:{item.method.name}")
+        return metric_row(key, self.metrics[label], item, job.mask_error,
+                          f"method {item.method.name!r}")
+
+
+def metric_row(key: RunKey, named: NamedMetric, item: EvalItem, mask_error: str | None,
+               source: str) -> Row:
+    """One metric's row for one sample, as the evaluator and ``mmxai score`` make it; a
+    failure names ``source`` (the method, the maps file) and the cause."""
+    sid, label = item.sample.id, named.label
+    if named.metric.needs_mask:
+        if mask_error is not None:
+            return Row.failed(key, sid, label, mask_error)
+        if item.mask is None:
+            return Row.skipped(key, sid, label, "the sample has no mask")
+    try:
+        parts = check_parts(named.metric.measure(item))
+    except Exception as exc:
+        return Row.failed(key, sid, label, f"sample {sid}: metric {label!r} on {source}: "
+                                           f"{cause(exc)}")
+    return Row.ok(key, sid, label, parts)

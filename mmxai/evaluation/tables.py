@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmxai.citations import entries as bib_entries
+from mmxai.evaluation.latex import _decimals as significant_decimals
 from mmxai.evaluation.latex import latex, tex_escape
 from mmxai.evaluation.leaderboard import (
     ALPHA,
@@ -45,12 +46,12 @@ FILES = ("leaderboard.md", "leaderboard.tex", "leaderboard.csv", "leaderboard.js
 
 
 def _decimals(values: list[float]) -> int:
-    """Digits after the point giving about three significant digits to the column's smallest
-    magnitude (0.412 -> 3, 0.0012 -> 5, 153.2 -> 0), at most 6."""
+    """Digits after the point giving the column's smallest magnitude the LaTeX tables'
+    significant digits (three: 0.412 -> 3, 0.0012 -> 5, 153.2 -> 0), at most 6."""
     finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
     if not finite:
         return 3
-    return int(min(6, max(0, 2 - math.floor(math.log10(min(finite))))))
+    return min(6, significant_decimals(min(finite)))
 
 
 def _number(value: float, decimals: int) -> str:

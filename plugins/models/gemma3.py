@@ -24,7 +24,7 @@ from PIL import Image
 from mmxai.errors import UnsupportedModelError
 from mmxai.hookspecs import hookimpl
 from mmxai.plugins.models.fixed_grid import Box, FixedGrid
-from mmxai.plugins.models.tiny import random_model, train_tokenizer
+from mmxai.plugins.models.tiny import TINY_TEXT, random_model, train_tokenizer
 
 #: google/gemma-3-4b-it's template: ``<start_of_turn>user\n...<end_of_turn>``, the BOS first,
 #: a system message folded into the first user turn, the assistant called ``model``.
@@ -192,11 +192,9 @@ def tiny_gemma3(cls: type[Gemma3], seed: int = 0) -> Gemma3:
         vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4,
                                          image_size=112, patch_size=14),
-        text_config=Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64,
-                                     intermediate_size=128, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        text_config=Gemma3TextConfig(vocab_size=len(tokenizer), **TINY_TEXT, head_dim=16,
                                      layer_types=["sliding_attention", "full_attention"],
-                                     sliding_window=512, max_position_embeddings=2048),
+                                     sliding_window=512),
         mm_tokens_per_image=16, image_token_index=tokenizer.image_token_id,
         boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,

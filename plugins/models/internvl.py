@@ -22,6 +22,7 @@ from PIL import Image
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
+from mmxai.plugins.models import tiles
 from mmxai.plugins.models.shared import size_value, stack_calls, token_positions
 from mmxai.plugins.models.tiny import INTERNVL_CHAT_TEMPLATE, tiny_internvl
 
@@ -66,9 +67,7 @@ def tile_layout(image_processor: Any, width: int, height: int,
         raise InputError(
             f"{n_tiles} tiles for a {width}x{height} image, expected {n_cols}x{n_rows} + thumbnail"
         )
-    tiles = [((c / n_cols, r / n_rows, (c + 1) / n_cols, (r + 1) / n_rows), "tile")
-             for r in range(n_rows) for c in range(n_cols)]
-    return tiles + [((0.0, 0.0, 1.0, 1.0), "thumbnail")]
+    return tiles.tile_layout(n_rows, n_cols, "thumbnail")
 
 
 def patch_grid(config: Any) -> tuple[int, int]:
@@ -146,9 +145,7 @@ class InternVL(Model):
                 raise InputError(f"image {i}: {len(run)} tokens is not a whole number "
                                             f"of {rows}x{cols} tiles")
             layout = tile_layout(self.processor.image_processor, *image.size, n_tiles)
-            grids += [ImageGrid(image=i, positions=run[k * per_tile:(k + 1) * per_tile],
-                                shape=(rows, cols), box=box, kind=kind)
-                      for k, (box, kind) in enumerate(layout)]
+            grids += tiles.layout_grids(i, run, (rows, cols), layout)
         return grids
 
     def vision_tokens_to_grids(self, scores: Sequence[torch.Tensor],

@@ -32,7 +32,7 @@ from mmxai.model import ImageGrid, Inputs
 from mmxai.plugins.models.fixed_grid import images_per_text
 from mmxai.plugins.models.llava_next import LlavaNext
 from mmxai.plugins.models.shared import crop_box, split_runs, stack_calls, token_positions
-from mmxai.plugins.models.tiny import random_model, train_tokenizer
+from mmxai.plugins.models.tiny import TINY_TEXT, random_model, train_tokenizer
 
 #: llava-hf/llava-onevision-qwen2-*-ov-hf's template: ``<|im_start|>user <image>\n{prompt}``,
 #: without the ``{% generation %}`` marks around assistant text (they render nothing; they mark
@@ -225,10 +225,7 @@ def tiny_llava_onevision(cls: type[LlavaOnevision], seed: int = 0) -> LlavaOnevi
         vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4,
                                          image_size=56, patch_size=14, vision_use_head=False),
-        text_config=Qwen2Config(vocab_size=len(tokenizer), hidden_size=64,
-                                intermediate_size=128, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2,
-                                max_position_embeddings=2048),
+        text_config=Qwen2Config(vocab_size=len(tokenizer), **TINY_TEXT),
         image_token_index=tokenizer.image_token_id, video_token_index=tokenizer.video_token_id,
         image_grid_pinpoints=TINY_ONEVISION_PINPOINTS, vision_aspect_ratio="anyres_max_4",
         vision_feature_layer=-1, vision_feature_select_strategy="full",

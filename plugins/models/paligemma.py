@@ -20,7 +20,7 @@ from PIL import Image
 
 from mmxai.hookspecs import hookimpl
 from mmxai.plugins.models.fixed_grid import FixedGrid
-from mmxai.plugins.models.tiny import random_model, train_tokenizer
+from mmxai.plugins.models.tiny import TINY_TEXT, random_model, train_tokenizer
 
 #: PaliGemma's prompt format as a template: every image first, then the text, no turns (the
 #: processor adds the BOS and the closing ``\n``).
@@ -109,10 +109,8 @@ def tiny_paligemma(cls: type[PaliGemma], seed: int = 0) -> PaliGemma:
         vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4,
                                          image_size=56, patch_size=14),
-        text_config=Gemma2Config(vocab_size=len(tokenizer), hidden_size=64,
-                                 intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                 sliding_window=512, max_position_embeddings=2048),
+        text_config=Gemma2Config(vocab_size=len(tokenizer), **TINY_TEXT, head_dim=16,
+                                 sliding_window=512),
         image_token_index=processor.image_token_id, projection_dim=64, hidden_size=64,
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
