@@ -41,6 +41,10 @@ class Method:
     citation: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     version: ClassVar[str] = "1"
+    #: Whether ``mmxai compare`` runs the method when no ``--method`` is given. Methods that
+    #: cost many passes per token (path integrals, perturbation and search methods) say
+    #: False: they run when named, or with ``--method all`` (:func:`default_methods`).
+    default_run: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         self.options = make_options("method", self.name, self.Options, options)
@@ -70,6 +74,21 @@ class Method:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.describe_options().items())
         return f"{type(self).__name__}({opts})"
+
+
+def default_methods(selected: Sequence[str] = ()) -> list[str]:
+    """The methods a run uses: ``selected`` as given, where ``all`` stands for every
+    registered method; nothing selected: every registered method whose ``default_run`` is
+    True (a plugin's method without the attribute runs, as before it existed)."""
+    from mmxai.registry import manager
+
+    registered = manager().items("methods")
+    if not selected:
+        return [name for name, cls in registered.items() if getattr(cls, "default_run", True)]
+    names: list[str] = []
+    for name in selected:
+        names.extend(registered if name == "all" else [name])
+    return list(dict.fromkeys(names))
 
 
 def token_indices(tokens: Iterable[int] | None, n_generated: int | None,

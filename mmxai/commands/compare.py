@@ -80,7 +80,7 @@ from mmxai.evaluation import (
     print_table,
     write_all,
 )
-from mmxai.method import Method
+from mmxai.method import Method, default_methods
 from mmxai.model import Model
 from mmxai.registry import manager
 
@@ -99,7 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, metavar="PATH",
                         help="the dataset's folder (default: the dataset's own)")
     parser.add_argument("--method", dest="methods", action="extend", nargs="+", metavar="NAME",
-                        help="method(s), repeatable or comma-separated (default: all registered)")
+                        help="method(s), repeatable or comma-separated; all: every registered one "
+                             "(default: every registered one but the costly ones, `mmxai "
+                             "plugins` marks them)")
     parser.add_argument("--metric", dest="metrics", action="extend", nargs="+", metavar="NAME",
                         help="metric(s), repeatable or comma-separated (default: all registered)")
     parser.add_argument("--option", dest="options", action="append", default=[],
@@ -257,7 +259,7 @@ def build_plan(spec: RunSpec, chat_template: str | None = None,
             raise MMXAIError(f"dataset {dataset_cls.name!r} names default_model {default}, "
                              "which does not exist; pass --model")
         models = [str(default)]
-    methods = list(chosen.methods) or manager().names("methods")
+    methods = default_methods(chosen.methods)
     metrics = list(chosen.metrics) or manager().names("metrics")
     given = parse_options(list(chosen.options), [*methods, *metrics, dataset_cls.name])
     options = {name: {**dataset_cls.default_options.get(name, {}), **given.get(name, {})}

@@ -60,7 +60,7 @@ from mmxai.commands.common import (
 )
 from mmxai.commands.tiny import folder_argument, shown, writable_folder
 from mmxai.errors import InputError
-from mmxai.method import Method
+from mmxai.method import Method, default_methods
 from mmxai.saved_maps import maps_path, save_trace_maps
 
 DEFAULT_METHOD = "tam"
@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the user prompt (default: %(default)r)")
     parser.add_argument("--method", dest="methods", action="extend", nargs="+", metavar="NAME",
                         help=f"attribution method(s), repeatable or comma-separated "
-                             f"(default: {DEFAULT_METHOD}; see `mmxai plugins`)")
+                             f"(default: {DEFAULT_METHOD}; all: every registered one; see "
+                             f"`mmxai plugins`)")
     parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
                         help=f"length of the greedy answer, 1 to {MAX_NEW_TOKENS} "
                              f"(default: %(default)s)")
@@ -149,7 +150,7 @@ def quiet_generation() -> None:
 def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for spec in (args.methods or [DEFAULT_METHOD])
                for m in spec.split(",") if m.strip()]
-    methods = list(dict.fromkeys(methods))
+    methods = default_methods(methods)  # `all`: every registered method
     # Everything the user typed is checked before the (slow) model load.
     check_max_new_tokens(args.max_new_tokens)
     check_prompt(args.prompt, "--prompt")

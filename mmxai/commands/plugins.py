@@ -72,6 +72,8 @@ def as_json(pm: PluginManager, info: PluginInfo) -> dict[str, Any]:
         **info.as_dict(),
         "summaries": {kind: {name: summary(kind, obj) for name, obj in named.items()}
                       for kind, named in items.items() if kind != "models"},
+        "default_run": {name: bool(getattr(obj, "default_run", True))
+                        for name, obj in items.get("methods", {}).items()},
         "needs": {kind: {name: dataclasses.asdict(needs) for name, obj in named.items()
                          if (needs := needs_of(obj)) is not None}
                   for kind, named in items.items() if kind in ("methods", "metrics")},
@@ -91,6 +93,8 @@ def items_table(pm: PluginManager, plugins: list[PluginInfo]) -> Table:
         needs = needs_of(obj)
         if needs is not None and describe_needs(needs):
             text += f"\n[dim]needs: {escape(describe_needs(needs))}[/]"
+        if kind == "methods" and not getattr(obj, "default_run", True):
+            text += "\n[dim]costly: runs when named (--method NAME, or --method all)[/]"
         table.add_row(kind[:-1], escape(str(name)), escape(plugin), text)
     return table
 
