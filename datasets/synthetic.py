@@ -109,6 +109,13 @@ class SyntheticScenes(Dataset):
         "deletion": {"steps": 4, "max_tokens": 2},
         "insertion": {"steps": 4, "max_tokens": 2},
         "randomisation": {"max_tokens": 2},
+        # the costly methods (not in the default run; these apply when they are named):
+        # about a minute or two each on 100-200 scenes (docs/benchmark.md states them)
+        "integrated-gradients": {"steps": 4},
+        "ig-smoothgrad": {"steps": 2, "samples": 2},
+        "occlusion": {"window": 2, "stride": 2},  # 16 windows of 2x2 tokens
+        "feature-ablation": {"cell": 2},
+        "eagle": {"regions": "grid", "cell": 4},  # 4 regions: at most 20 passes a token
     }
 
     @dataclass
@@ -306,6 +313,13 @@ class SyntheticScenes16(SyntheticScenes):
         "128x128 scenes of 1-3 coloured shapes on noisy textured backgrounds, read by a "
         "16x16 grid of image tokens (objects span 3-6 token columns); exact masks")
     default_model: ClassVar[str] = TESTBED16
+    #: The region methods' regions in tokens doubled: as many regions as on the 8x8 grid.
+    default_options: ClassVar[dict[str, dict[str, Any]]] = {
+        **SyntheticScenes.default_options,
+        "occlusion": {"window": 4, "stride": 4},
+        "feature-ablation": {"cell": 4},
+        "eagle": {"regions": "grid", "cell": 8},
+    }
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         super().__init__(root if root is not None else DATA16, **options)

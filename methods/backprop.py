@@ -1,20 +1,22 @@
-"""Teacher-forced passes with gradients: the part Grad-CAM and LRP share.
+"""Teacher-forced passes with gradients: the part Grad-CAM, LRP and gradient x input share.
 
-Both replay the traced answer in one forward pass with autograd on, turn one tensor of the
-model into a leaf (a vision layer's output for Grad-CAM, the first decoder layer's input for
-LRP), and take one backward per explained token from that token's logit at its generating
-position. Making the tensor a leaf stops every backward there: nothing below it is
-differentiated, and no parameter gradient is ever accumulated.
+They replay the traced answer in one forward pass with autograd on, turn one tensor of the
+model into a leaf (a vision layer's output for Grad-CAM and vision gradient x input, the
+first decoder layer's input for LRP and gradient x input), and take one backward per
+explained token from that token's logit at its generating position. Making the tensor a
+leaf stops every backward there: nothing below it is differentiated, and no parameter
+gradient is ever accumulated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
 
+from mmxai.errors import MMXAIError
 from mmxai.trace import Trace, forced_features
 
 
@@ -110,3 +112,28 @@ def per_token_gradients(logits: torch.Tensor,
                                     allow_unused=True)
         yield [torch.zeros_like(leaf) if g is None else g
                for leaf, g in zip(leaves, grads, strict=True)]
+
+
+def leaf_gradients(trace: Trace, leaves: AbstractContextManager[list[torch.Tensor]],
+                   tokens: Sequence[int]) -> Iterator[tuple[list[torch.Tensor],
+                                                            list[torch.Tensor]]]:
+    """One teacher-forced pass for all ``tokens`` inside ``leaves`` (a :func:`leaf_outputs`
+    or :func:`leaf_inputs` context), then per token its gradients with respect to the leaves
+    and the leaves' values (detached), one of each per call of the module."""
+    with leaves as values:
+        logits = token_logits(trace, tokens)
+    detached = [value.detach() for value in values]
+    for grads in per_token_gradients(logits, values):
+        yield grads, detached
+
+
+def vision_layer(model: Any, index: int | None, method: str) -> tuple[int, torch.nn.Module]:
+    """``model.vision_layers()[index]`` with its index (None: the layer that feeds the
+    projector); a one-line error naming ``method``'s option when out of range."""
+    layers = model.vision_layers()
+    index = model.default_vision_layer() if index is None else index
+    if not -len(layers) <= index < len(layers):
+        n = len(layers)
+        raise MMXAIError(f"{method}.layer={index} is out of range: the model has {n} "
+                         f"vision layers (0 to {n - 1}, or -{n} to -1 from the end)")
+    return index, layers[index]

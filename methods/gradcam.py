@@ -30,10 +30,9 @@ import numpy as np
 import torch
 
 from mmxai.citations import cite
-from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
-from mmxai.methods.backprop import leaf_outputs, per_token_gradients, token_logits
+from mmxai.methods.backprop import leaf_gradients, leaf_outputs, vision_layer
 from mmxai.model import Inputs
 from mmxai.trace import Needs, Trace, forced_features
 
@@ -87,18 +86,11 @@ class GradCAM(Method):
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         model = trace.model
-        layers = model.vision_layers()
-        index = model.default_vision_layer() if self.options.layer is None else self.options.layer
-        if not -len(layers) <= index < len(layers):
-            n = len(layers)
-            raise MMXAIError(f"{self.name}.layer={index} is out of range: the model has {n} "
-                             f"vision layers (0 to {n - 1}, or -{n} to -1 from the end)")
+        _, layer = vision_layer(model, self.options.layer, self.name)
         if self.options.engine == "captum":
-            pairs = captum_gradients(trace, layers[index], tokens)
+            pairs = captum_gradients(trace, layer, tokens)
         else:
-            with leaf_outputs(layers[index]) as acts:
-                logits = token_logits(trace, tokens)
-            pairs = ((grads, acts) for grads in per_token_gradients(logits, acts))
+            pairs = leaf_gradients(trace, leaf_outputs(layer), tokens)
         maps = []
         for grads, acts in pairs:
             scores = [layer_gradcam(g, a.detach(), trace.inputs)

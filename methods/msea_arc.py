@@ -30,6 +30,7 @@ from mmxai.methods.rbo import rbo
 from mmxai.methods.tam import TAM, TAMOptions
 from mmxai.methods.tam_ops import check_kernel_size, lstsq_scale, rank_gaussian_filter
 from mmxai.trace import Needs, Trace, forced_trace
+from mmxai.video import still_images_only
 
 Box = tuple[float, float, float, float]
 #: The largest MSEA scale: 1 is the image as given; the paper's scales are 0.5 to 1.
@@ -97,6 +98,7 @@ def scaled_traces(trace: Trace, options: MSEAOptions) -> list[tuple[Trace, Box]]
     other scale teacher-forces the ORIGINAL answer, so every scale explains the same tokens.
     """
     model, inputs = trace.model, trace.inputs
+    still_images_only(inputs, "MSEA rescales still images (the scales of its passes)")
     canvas = getattr(model, "fixed_size", None)
     out = []
     for alpha in options.scales:
@@ -190,7 +192,7 @@ def topk_at(trace: Trace, positions: np.ndarray, k: int, chunk: int = 64) -> tor
         rows = missing[start:start + chunk]
         h = trace.hidden[torch.as_tensor(positions[rows], dtype=torch.long)]
         with torch.no_grad():
-            out[rows] = (h.to(w.dtype) @ w.T).float().topk(k, dim=-1).indices.cpu()
+            out[rows] = (h.to(w.device, w.dtype) @ w.T).float().topk(k, dim=-1).indices.cpu()
     return out
 
 

@@ -2,8 +2,7 @@
 
 :func:`open_pretrained` (``mmxai.load_model``) opens a checkpoint, with Qwen's pixel budget
 (:mod:`mmxai.pixels`); :func:`explain` and :func:`explain_many` trace once and run the
-methods; comparing methods on a dataset and writing the viewer page are in
-:mod:`mmxai.compare_api`. docs/api.md documents all of it.
+methods; comparing and the viewer page: :mod:`mmxai.compare_api`. docs/api.md: all of it.
 """
 
 from __future__ import annotations
@@ -22,14 +21,16 @@ from PIL import Image
 
 from mmxai import hub, loading
 from mmxai import maps as mapsmod
+from mmxai.device_map import split_kwargs
 from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
 from mmxai.images import read_image
-from mmxai.method import InvalidMapsError, Method, token_indices
+from mmxai.method import InvalidMapsError, Method, default_methods, token_indices
 from mmxai.model import Model, load_model
 from mmxai.options import OptionError
 from mmxai.pixels import pixel_bounds, set_pixel_budget
 from mmxai.registry import manager
 from mmxai.trace import Needs, Trace, generate_trace
+from mmxai.video import Video, as_video, build_video_inputs, open_video
 
 #: An image as the API takes it: a path, a PIL image, or an RGB(A)/grey uint8 numpy array.
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
@@ -203,7 +204,8 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
                  on_step: Callable[[str], None] | None = None,
                  generate_kwargs: dict[str, Any] | None = None,
                  failures: dict[str, BaseException] | None = None,
-                 image_names: Sequence[str] | None = None) -> dict[str, Explanation]:
+                 image_names: Sequence[str] | None = None,
+                 video: Any = None) -> dict[str, Explanation]:
     """Trace once, then run every method on the shared trace.
 
     ``methods``: names, Method classes or instances (a single one is one method).
@@ -225,13 +227,18 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
     without it the first failure is raised. A processor or ``generate`` that refuses the
     images or prompt (``ValueError``), or runs out of memory, is an :class:`InputError`
     naming the images (as ``image_names`` gives them, by default their paths).
+    ``video`` (with ``images`` None): a clip instead, a path, a folder of frames, a list of
+    PIL frames or a :class:`mmxai.video.Video` (``fps``/``frames``): docs/video.md.
     """
     # Everything the caller gave is checked before the (slow) model load and generation.
     check_prompt(prompt)
     max_new_tokens = check_max_new_tokens(max_new_tokens)
     instances = _methods(methods, method_options)
-    images = image_list(images)
-    pil = [load_image(im) for im in images]
+    if video is not None:  # opened now: a file PyAV cannot read is one line before loading
+        images, video = _one_clip(images, video)
+    else:
+        images = image_list(images)
+    pil = [] if video is not None else [load_image(im) for im in images]
     tokens = token_indices(tokens, None)  # types and signs now, the range once generated
     if not isinstance(model, Model):
         model = open_pretrained(model)
@@ -243,7 +250,8 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
         needs = needs | method.needs
     named = _image_names(images, image_names)
     try:
-        inputs = model.build_inputs(pil, prompt)
+        inputs = (build_video_inputs(model, video, prompt) if video is not None
+                  else model.build_inputs(pil, prompt))
     except (ValueError, torch.OutOfMemoryError) as exc:
         raise InputError(f"{named}: the model's processor cannot take the image(s) with this "
                          f"prompt: {type(exc).__name__}: {exc}") from exc
@@ -277,16 +285,19 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
 
 def explain(model: Model | str, images: ImageLike | Sequence[ImageLike], prompt: str,
             method: str | Method = "tam", *, max_new_tokens: int = 32,
-            tokens: Sequence[int] | None = None, **options: Any) -> Explanation:
+            tokens: Sequence[int] | None = None, video: Any = None,
+            **options: Any) -> Explanation:
     """Explain every generated token with one method. ``options`` go to the method (given
-    by name; a Method instance is already configured and takes none)."""
+    by name; a Method instance is already configured and takes none). ``video``: a clip
+    instead of ``images`` (None), as :func:`explain_many` takes it."""
     instance = make_method(method, **options)
     return explain_many(model, images, prompt, [instance], max_new_tokens=max_new_tokens,
-                        tokens=tokens)[instance.name]
+                        tokens=tokens, video=video)[instance.name]
 
 
 def open_pretrained(spec: Any, *, chat_template: Any = None, min_pixels: int | None = None,
-                    max_pixels: int | None = None, **kwargs: Any) -> Model:
+                    max_pixels: int | None = None, device_map: Any = None,
+                    max_memory: Any = None, **kwargs: Any) -> Model:
     """A model from a hub name, a local folder or a bundled model's name (``testbed``):
     :func:`mmxai.hub.resolve` checks which, in one line, before transformers is asked; a
     bundled name that is also a folder here is said as a :class:`mmxai.loading.LoadNote`
@@ -297,13 +308,15 @@ def open_pretrained(spec: Any, *, chat_template: Any = None, min_pixels: int | N
     (``pathlib.Path``) to a file holding one, used instead of the checkpoint's (or the
     family's default). ``min_pixels``/``max_pixels``: the pixel budget of each image, for
     the families that resize to one (:func:`mmxai.pixels.set_pixel_budget`). ``kwargs`` go
-    to :func:`mmxai.model.load_model` (``device``, ``dtype``, ``revision`` ...). Hugging Face's
+    to :func:`mmxai.model.load_model` (``device``, ``dtype``, ``revision`` ...); ``device_map``
+    and ``max_memory`` split it over devices instead (docs/scaling.md). Hugging Face's
     progress bars are hidden unless ``MMXAI_VERBOSE=1`` (:func:`mmxai.hub.quiet`).
 
     ``mmxai.load_model`` is this function; :func:`mmxai.model.load_model` the bare loader
     under it."""
     chat_template = loading.chat_template_text(chat_template)  # before the hub is asked
     budget = pixel_bounds(min_pixels, max_pixels)  # before the (slow) load, as far as it can
+    kwargs.update(split_kwargs(device_map, max_memory, kwargs.get("device")))
     source = hub.resolve(spec)
     if source.note is not None:
         warnings.warn(source.note, loading.LoadNote, stacklevel=2)
@@ -314,6 +327,15 @@ def open_pretrained(spec: Any, *, chat_template: Any = None, min_pixels: int | N
         raise UnsupportedModelError(f"cannot load model {spec!r}: {first}") from exc
     set_pixel_budget(model, *budget)
     return model
+
+
+def _one_clip(images: Any, video: Any) -> tuple[list[str], Video]:
+    """The clip to explain, opened once to check it, and its name; images too: one line."""
+    if images is not None and not (isinstance(images, (list, tuple)) and not images):
+        raise InputError("images and video given: explain one clip, or images (not both)")
+    video = as_video(video)
+    open_video(video)
+    return [video.name.strip("'")], video
 
 
 def _methods(methods: Any, method_options: Any) -> list[Method]:
@@ -328,6 +350,8 @@ def _methods(methods: Any, method_options: Any) -> list[Method]:
                          f"them, got {type(methods).__name__}")
     if not methods:
         raise InputError("methods: none given; expected at least one method name or instance")
+    if "all" in methods:  # every registered method, as on the command line
+        methods = [x for m in methods for x in (default_methods(["all"]) if m == "all" else [m])]
     if method_options is None:
         method_options = {}
     if not isinstance(method_options, dict):

@@ -12,6 +12,19 @@ import re
 from collections.abc import Iterable
 
 BIBTEX: dict[str, str] = {
+    "chen2026eagle": """@inproceedings{chen2026eagle,
+  title     = {Where {MLLMs} Attend and What They Rely On: Explaining Autoregressive Token
+               Generation},
+  author    = {Chen, Ruoyu and Guo, Xiaoqing and Liu, Kangwei and Liang, Siyuan and
+               Liu, Shiming and Zhang, Qunli and Wang, Laiyuan and Zhang, Hua and
+               Cao, Xiaochun},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern
+               Recognition (CVPR)},
+  pages     = {17057--17066},
+  year      = {2026},
+  eprint    = {2509.22496},
+  archivePrefix = {arXiv}
+}""",
     "li2025tam": """@inproceedings{li2025tam,
   title     = {Token Activation Map to Visually Explain Multimodal {LLMs}},
   author    = {Li, Yi and Wang, Hualiang and Ding, Xinpeng and Wang, Haonan and Li, Xiaomeng},
@@ -135,6 +148,65 @@ BIBTEX: dict[str, str] = {
   author    = {Zhou, Zijian and Zhu, Zheng and Caesar, Holger and Shi, Miaojing},
   booktitle = {European Conference on Computer Vision (ECCV)},
   year      = {2024}
+}""",
+    "sundararajan2017axiomatic": """@inproceedings{sundararajan2017axiomatic,
+  title     = {Axiomatic Attribution for Deep Networks},
+  author    = {Sundararajan, Mukund and Taly, Ankur and Yan, Qiqi},
+  booktitle = {Proceedings of the 34th International Conference on Machine Learning (ICML)},
+  series    = {Proceedings of Machine Learning Research},
+  volume    = {70},
+  pages     = {3319--3328},
+  year      = {2017}
+}""",
+    "smilkov2017smoothgrad": """@article{smilkov2017smoothgrad,
+  title   = {{SmoothGrad}: removing noise by adding noise},
+  author  = {Smilkov, Daniel and Thorat, Nikhil and Kim, Been and Vi{\\'e}gas, Fernanda and
+             Wattenberg, Martin},
+  journal = {arXiv preprint arXiv:1706.03825},
+  year    = {2017}
+}""",
+    "shrikumar2016blackbox": """@article{shrikumar2016blackbox,
+  title   = {Not Just a Black Box: Learning Important Features Through Propagating
+             Activation Differences},
+  author  = {Shrikumar, Avanti and Greenside, Peyton and Shcherbina, Anna and
+             Kundaje, Anshul},
+  journal = {arXiv preprint arXiv:1605.01713},
+  year    = {2016}
+}""",
+    "zeiler2014occlusion": """@inproceedings{zeiler2014occlusion,
+  title     = {Visualizing and Understanding Convolutional Networks},
+  author    = {Zeiler, Matthew D. and Fergus, Rob},
+  booktitle = {Computer Vision -- ECCV 2014},
+  series    = {Lecture Notes in Computer Science},
+  volume    = {8689},
+  pages     = {818--833},
+  year      = {2014}
+}""",
+    "lundberg2017shap": """@inproceedings{lundberg2017shap,
+  title     = {A Unified Approach to Interpreting Model Predictions},
+  author    = {Lundberg, Scott M. and Lee, Su-In},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  volume    = {30},
+  pages     = {4765--4774},
+  year      = {2017}
+}""",
+    "ribeiro2016lime": """@inproceedings{ribeiro2016lime,
+  title     = {``Why Should {I} Trust You?'': Explaining the Predictions of Any Classifier},
+  author    = {Ribeiro, Marco Tulio and Singh, Sameer and Guestrin, Carlos},
+  booktitle = {Proceedings of the 22nd ACM SIGKDD International Conference on Knowledge
+               Discovery and Data Mining (KDD)},
+  pages     = {1135--1144},
+  year      = {2016}
+}""",
+    "achanta2012slic": """@article{achanta2012slic,
+  title   = {{SLIC} Superpixels Compared to State-of-the-Art Superpixel Methods},
+  author  = {Achanta, Radhakrishna and Shaji, Appu and Smith, Kevin and Lucchi, Aurelien and
+             Fua, Pascal and S{\\"u}sstrunk, Sabine},
+  journal = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  volume  = {34},
+  number  = {11},
+  pages   = {2274--2282},
+  year    = {2012}
 }""",
 }
 

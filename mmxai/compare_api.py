@@ -33,6 +33,7 @@ from mmxai.commands import workers
 from mmxai.commands.compare import build_plan
 from mmxai.commands.leaderboard import check_out
 from mmxai.commands.tiny import writable_folder
+from mmxai.device_map import max_memory_text
 from mmxai.errors import InputError, MMXAIError, UnknownNameError
 from mmxai.evaluation import (
     ConsoleReporter,
@@ -104,6 +105,7 @@ def compare(models: PathLike | Sequence[PathLike] | None = None, dataset: str | 
             bootstrap: int = 1000, retry: bool = True, keep_going: bool = False,
             trust_remote_code: bool = False, chat_template: Any = None,
             save_maps: PathLike | None = None, progress: bool = True,
+            device_map: str | None = None, max_memory: Mapping | str | None = None,
             **options: Mapping[str, Any]) -> Comparison:
     """``mmxai compare`` as a function; see :class:`Comparison` for what it returns.
 
@@ -119,6 +121,8 @@ def compare(models: PathLike | Sequence[PathLike] | None = None, dataset: str | 
     same names (``batch_size`` is ``--batch``; ``chat_template``: a template's text or a
     path to a file holding one). ``progress``: rich progress bars on stderr (failures and
     notes are printed there either way, and kept in the store and the leaderboard).
+    ``device_map`` (``auto``, ``balanced``, ``sequential``) and ``max_memory`` (``{0:
+    "20GiB", "cpu": "60GiB"}``) split each model over devices (docs/scaling.md).
 
     Everything is checked before any model loads; a mistake is one
     :class:`~mmxai.errors.MMXAIError` line (settings checked by the shared code are named as
@@ -144,6 +148,8 @@ def compare(models: PathLike | Sequence[PathLike] | None = None, dataset: str | 
         keep_going=check.flag(keep_going, "keep_going"), device=check.device(device),
         trust_remote_code=check.flag(trust_remote_code, "trust_remote_code"),
         out=check.path(out, "out"), save_maps=check.path(save_maps, "save_maps", optional=True),
+        device_map=None if device_map is None else check.text(device_map, "device_map"),
+        max_memory=max_memory_text(max_memory),
         protocol=protocols.DEFAULT if protocol is None else check.text(protocol, "protocol"))
     plan = build_plan(spec, loading.chat_template_text(chat_template), check.labels(labels))
     check_out(spec.out, "out")

@@ -31,8 +31,10 @@ Shape. A side of 0, or a long side more than 200 times the short side (the limit
 processor enforces), is refused with the ratio. Tiny images (1×1, 2×300) are accepted: every
 bundled family's processor resizes them without error and with the right colours.
 
-Modes, to RGB (8 bits per channel). Frame 0 of a multi-frame file (GIF, TIFF, MPO) is the
-image, as PIL and every viewer give it.
+Frames: an animation (GIF, WebP, APNG, TIFF of several frames) is a clip (:mod:`mmxai.video`),
+refused here, never cut to frame 0; an MPO (a camera JPEG with a preview) is its frame 0.
+
+Modes, to RGB (8 bits per channel).
 
 - ``RGB``: as is. ``1``, ``L``: grey to RGB (``1`` is 0 or 255). ``RGBX``: padding dropped.
 - ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: PIL's conversion (LAB through its D65 Lab→sRGB
@@ -282,6 +284,8 @@ def _upright(image: Image.Image, say: _Say) -> Image.Image:
 
 
 def _check_shape(image: Image.Image, say: _Say) -> None:
+    from mmxai.video import check_still  # mmxai.video reads its frames through this module
+    check_still(image, say.refused)
     width, height = image.size
     if width <= 0 or height <= 0:
         raise say.refused(f"{width}×{height} pixels: an image needs both sides of at least 1")

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmxai import hub, loading
+from mmxai import device_map, hub, loading
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.images import read_image
+from mmxai.prompt_span import prompt_span
 
 
 @dataclass
@@ -75,6 +76,8 @@ class Inputs:
     grids: list[ImageGrid]
     prompt_positions: np.ndarray  # positions of the user prompt's text tokens
     answer_fill: dict[str, int] = field(default_factory=dict)  # Model.answer_fill
+    #: image index -> :class:`mmxai.video.Clip` for a video; ``images[k]`` is its frame 0
+    clips: dict[int, Any] = field(default_factory=dict)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -131,7 +134,8 @@ class Model:
         """Load weights (safetensors only) and processor by hub name or local path, checked
         first (:func:`mmxai.hub.resolve`, unless ``source`` says): never hub retries. The
         processor loads first; what a partial checkpoint lacks (settings, chat template) is
-        filled in by :func:`mmxai.loading.finish`, each note a ``LoadNote`` warning."""
+        filled in by :func:`mmxai.loading.finish`, each note a ``LoadNote`` warning.
+        ``device_map=`` and ``max_memory=`` split it over devices (:mod:`mmxai.device_map`)."""
         chat_template = loading.chat_template_text(chat_template)
         source = source or hub.resolve(name_or_path)
         model_cls, processor_cls = cls.hf_classes()
@@ -141,12 +145,9 @@ class Model:
                     source.spec, trust_remote_code=trust_remote_code, revision=revision)
             except Exception as exc:  # the checkpoint's files, not mmxai: one line
                 raise loading.processor_error(source.spec, exc) from exc
-            hf_model = model_cls.from_pretrained(
-                source.spec, dtype=dtype or "auto", trust_remote_code=trust_remote_code,
-                revision=revision, use_safetensors=True, attn_implementation="eager",
-                **kwargs,
-            )
-        hf_model.to(device).eval()
+            hf_model = device_map.load_weights(  # on ``device``, or split by device_map=
+                model_cls, source.spec, device, dtype=dtype or "auto",
+                trust_remote_code=trust_remote_code, revision=revision, **kwargs)
         model = cls(hf_model, processor, model_id=source.spec, revision=revision)
         model._load_notes = loading.finish(model, chat_template)
         for note in model.load_notes:
@@ -182,7 +183,7 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        return device_map.input_device(self.hf)  # a split model's: its input embeddings'
 
     def messages(self, prompt: str, n_images: int) -> list[dict[str, Any]]:
         """The chat: images first, then the prompt (as TAM and the model cards do)."""
@@ -230,21 +231,7 @@ class Model:
         tok = self.tokenizer
         with_prompt = tok(self.chat_text(prompt, n_images), add_special_tokens=False)["input_ids"]
         without = tok(self.chat_text("", n_images), add_special_tokens=False)["input_ids"]
-        suffix = 0
-        while (suffix < min(len(with_prompt), len(without))
-               and with_prompt[-1 - suffix] == without[-1 - suffix]):
-            suffix += 1
-        prefix = 0
-        while (prefix < min(len(with_prompt), len(without)) - suffix
-               and with_prompt[prefix] == without[prefix]):
-            prefix += 1
-        n_prompt = len(with_prompt) - prefix - suffix
-        ids = input_ids.tolist()
-        end = len(ids) - suffix
-        start = end - n_prompt
-        if n_prompt <= 0 or start < 0 or ids[start:end] != with_prompt[prefix:prefix + n_prompt]:
-            return np.zeros(0, dtype=np.int64)
-        return np.arange(start, end, dtype=np.int64)
+        return prompt_span(input_ids.tolist(), with_prompt, without)
 
     # -- batching ----------------------------------------------------------------------
     def pad_token_id(self) -> int:
@@ -301,7 +288,7 @@ class Model:
 
     def unembedding(self) -> torch.Tensor:
         """The unembedding matrix W_U, shape (V, d): logits = W_U @ h."""
-        return self.hf.get_output_embeddings().weight
+        return device_map.resident(self.hf.get_output_embeddings())  # even if offloaded
 
     def final_norm(self) -> torch.nn.Module:
         return self.hf.model.language_model.norm

@@ -4,19 +4,36 @@ A faithfulness metric teacher-forces one answer over hundreds of masked copies o
 sample's image. Only the pixels change, so the token sequence, grids and prompt positions
 of the traced :class:`~mmxai.model.Inputs` are reused (:func:`swap_images`), the processor
 runs once over all copies (:func:`swap_each`), and the forwards, which need logits but no
-attention weights, run on fused attention (:func:`fast_attention`).
+attention weights, run on fused attention (:func:`fast_attention`);
+:func:`answer_log_probs` teacher-forces the answer over many variants at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
-from mmxai.errors import InputError
+from mmxai.errors import InputError, MMXAIError
 from mmxai.model import Inputs, Model
+from mmxai.trace import forced_features
+from mmxai.video import still_images_only
+
+
+def baseline_image(image: Image.Image, kind: str) -> Image.Image:
+    """What replaces removed pixels: a strong blur, the mean colour, or black."""
+    if kind == "blur":
+        return image.filter(ImageFilter.GaussianBlur(radius=max(image.size) / 20))
+    if kind == "mean":
+        mean = np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+        return Image.new("RGB", image.size, tuple(int(round(c)) for c in mean))
+    if kind == "black":
+        return Image.new("RGB", image.size)
+    raise MMXAIError(f"baseline must be 'blur', 'mean' or 'black', got {kind!r}")
 
 
 def swap_images(model: Model, inputs: Inputs, images: Sequence[Image.Image]) -> Inputs:
@@ -25,6 +42,7 @@ def swap_images(model: Model, inputs: Inputs, images: Sequence[Image.Image]) -> 
     Only the processor runs again: the token sequence, grids and prompt positions depend
     on the image sizes alone, so they are reused (and the token ids checked).
     """
+    still_images_only(inputs, "swapping pixels works on still images")
     images = [im.convert("RGB") for im in images]
     if [im.size for im in images] != [im.size for im in inputs.images]:
         raise InputError("swap_images needs images of the original sizes")
@@ -43,6 +61,7 @@ def swap_each(model: Model, inputs: Inputs, images: Sequence[Image.Image]) -> li
     forward pass). Families whose outputs do not split into one row per image
     (``Model.rows_per_image`` False: patches or tiles flattened) process each image alone.
     """
+    still_images_only(inputs, "swapping pixels works on still images")
     if len(inputs.images) != 1:
         raise InputError(f"swap_each needs inputs with one image, got {len(inputs.images)}")
     images = [im.convert("RGB") for im in images]
@@ -93,3 +112,50 @@ def fast_attention(model: Model) -> Iterator[None]:
         yield
     finally:
         model.hf.set_attn_implementation(current)
+
+
+def answer_log_probs(model: Model, variants: Sequence[Inputs], sequence: torch.Tensor,
+                     positions: Sequence[int], batch: int) -> np.ndarray:
+    """(len(variants), len(positions)) log-probability, under each variant, of
+    ``sequence[q + 1]`` read at each generating position ``q``, teacher-forcing ``sequence``.
+
+    One forward pass per chunk of ``batch`` variants serves every position (a causal
+    model's logits at q do not depend on what follows q, so the sequence stops at
+    ``max(positions) + 1``, and only the rows at ``positions`` reach the unembedding).
+    Variants whose features do not stack (tiles, patches of other counts) run one by one.
+    """
+    positions = [int(q) for q in positions]
+    if not variants or not positions:
+        return np.zeros((len(variants), len(positions)))
+    end = max(positions) + 1
+    features = [forced_features(v, sequence[:end]) for v in variants]
+    step = max(1, int(batch))
+    out = []
+    with fast_attention(model):
+        for start in range(0, len(features), step):
+            chunk = features[start:start + step]
+            try:
+                out.append(_log_probs(model, _stack(chunk), sequence, positions))
+            except (RuntimeError, ValueError, IndexError):  # inputs that do not stack
+                out.extend(_log_probs(model, f, sequence, positions) for f in chunk)
+    return np.concatenate(out, axis=0)
+
+
+def _stack(features: list[dict[str, Any]]) -> dict[str, Any]:
+    """Processor outputs of several images -> one batch (every tensor along dim 0)."""
+    return {key: torch.cat([f[key] for f in features], dim=0) if torch.is_tensor(value)
+            else value for key, value in features[0].items()}
+
+
+def _log_probs(model: Model, features: dict[str, Any], sequence: torch.Tensor,
+               positions: list[int]) -> np.ndarray:
+    """(rows, len(positions)): each row's log-probability of the token after each position."""
+    keep = sorted(set(positions))
+    column = torch.tensor([keep.index(q) for q in positions])
+    targets = sequence[torch.tensor(positions) + 1]
+    with torch.no_grad():
+        logits = model.hf(**features, use_cache=False,
+                          logits_to_keep=torch.tensor(keep, device=model.device)).logits
+    logits = logits[:, column.to(logits.device)].float()  # (rows, len(positions), V)
+    index = targets.to(logits.device)[None, :, None].expand(logits.shape[0], -1, 1)
+    return (logits.gather(-1, index)[..., 0] - logits.logsumexp(dim=-1)).cpu().numpy()

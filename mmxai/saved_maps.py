@@ -25,6 +25,17 @@ get the same numbers as mmxai's own. An archive holds:
   When present, scores come from them, so maps round-trip exactly; ``maps`` then holds
   image 0 painted with :func:`mmxai.maps.to_image`, for other tools.
 
+A video (one clip, ``ImageGrid(kind="video")`` per temporal patch) has a time axis:
+
+- ``maps``: (n_tokens, T, rows, cols): each token's map on each of the T temporal patches
+  (Qwen merges two sampled frames into one), over ``box``;
+- ``frames``: int (T, k): the source frame indices temporal patch t covers (k frames a
+  patch; a patch padded with its last frame repeats it); required with 4-D ``maps``;
+- ``fps`` (optional): float, the source's frames per second (a frame's time is its index
+  / fps).
+
+An image's file has no ``frames`` or ``fps``.
+
 No other member is accepted (a misspelt ``special`` would otherwise be ignored without a
 word), and nothing is ever unpickled. The file name is the sample id, percent-encoded where
 a character is not safe in a file name (:func:`maps_path`): ``a/b`` -> ``a%2Fb.npz``.
@@ -44,9 +55,19 @@ from typing import Any
 import numpy as np
 
 from mmxai.errors import InputError, MMXAIError
-from mmxai.grid_json import check_box, describe_error, grid_record, grids_from_json
+from mmxai.grid_json import describe_error, grid_record, grids_from_json
 from mmxai.maps import to_image
 from mmxai.model import ImageGrid
+from mmxai.saved_members import (
+    WHOLE_IMAGE,
+    box_member,
+    flat_member,
+    image_maps_member,
+    special_member,
+    tokens_member,
+    video_arrays,
+    video_members,
+)
 
 SUFFIX = ".npz"
 #: Besides letters and digits, the characters a file name keeps as they are (safe on
@@ -54,10 +75,9 @@ SUFFIX = ".npz"
 SAFE = "-_.~+=,@"
 #: Longest side of ``maps`` when it is painted from several grids (LLaVA-NeXT, InternVL).
 PAINTED_SIDE = 256
-MEMBERS = ("tokens", "maps", "special", "box", "flat", "grids")
+MEMBERS = ("tokens", "maps", "special", "box", "flat", "grids", "frames", "fps")
 #: The most one maps file may unpack to (a compressed archive could claim terabytes).
 MAX_BYTES = 4 * 2**30
-WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -68,7 +88,9 @@ class SavedMaps:
 
     ``maps`` are flat, (n_tokens, N) float32, laid out like ``grids`` (rebuilt as
     :class:`~mmxai.model.ImageGrid`; their ``positions`` are the flat indices, a saved map
-    knows no sequence positions). ``special[i]``: token ``i`` is a special token.
+    knows no sequence positions). ``special[i]``: token ``i`` is a special token. A video's:
+    ``grids`` one per temporal patch (``kind="video"``, ``frame=t``), ``frames`` (T, k) the
+    source frame indices each covers, ``fps`` the source's rate (None: not saved).
     """
 
     path: Path
@@ -76,6 +98,8 @@ class SavedMaps:
     special: list[bool]
     maps: np.ndarray
     grids: list[ImageGrid]
+    frames: np.ndarray | None = None
+    fps: float | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -110,7 +134,8 @@ def sample_id_of(path: str | Path) -> str:
 # -- writing -----------------------------------------------------------------------------------
 def save_maps(folder: str | Path, sample_id: str, tokens: Sequence[str],
               special: Sequence[bool], flat_maps: np.ndarray,
-              grids: Sequence[ImageGrid]) -> Path:
+              grids: Sequence[ImageGrid], frames: np.ndarray | None = None,
+              fps: float | None = None) -> Path:
     """Write one sample's maps to ``folder/<sample_id>.npz`` (:func:`maps_path`); its path.
 
     ``flat_maps``: (n_tokens, N) over ``grids``, as methods return them; ``tokens`` and
@@ -119,7 +144,9 @@ def save_maps(folder: str | Path, sample_id: str, tokens: Sequence[str],
     box. Any other layout also writes ``flat`` and ``grids`` (the exact layout, which
     :func:`load_maps` then uses), and ``maps`` is image 0 painted at most
     :data:`PAINTED_SIDE` pixels a side, or image 0's lone grid when it has one: the other
-    images' grids are in ``flat`` only. The file is written whole or not at all (a
+    images' grids are in ``flat`` only. A clip's grids (one per temporal patch) give
+    ``maps`` (n_tokens, T, rows, cols) with ``frames`` (T, k), the source frame indices
+    each patch covers, and the source's ``fps``. The file is written whole or not at all (a
     temporary file renamed), replacing one of the same name.
     """
     flat = np.asarray(flat_maps, dtype=np.float32)
@@ -130,7 +157,9 @@ def save_maps(folder: str | Path, sample_id: str, tokens: Sequence[str],
     own = [g for g in grids if g.image == 0 and g.frame == 0]
     arrays: dict[str, np.ndarray] = {"tokens": np.asarray(list(tokens), dtype=str).reshape(n),
                                      "special": np.asarray(list(special), dtype=bool)}
-    if len(own) == 1:
+    if any(g.kind == "video" for g in grids):
+        arrays.update(video_arrays(sample_id, flat, grids, frames, fps))
+    elif len(own) == 1:
         grid = own[0]
         arrays["maps"] = flat[:, grid.offset:grid.offset + grid.size].reshape(n, *grid.shape)
         arrays["box"] = np.asarray(grid.box, dtype=np.float64)
@@ -140,7 +169,7 @@ def save_maps(folder: str | Path, sample_id: str, tokens: Sequence[str],
             else np.zeros((0, *size), dtype=np.float32)
         arrays["box"] = np.asarray(WHOLE_IMAGE, dtype=np.float64)
     lone = len(grids) == 1 and len(own) == 1 and own[0].offset == 0 and own[0].kind == "image"
-    if not lone:
+    if not lone and "frames" not in arrays:
         arrays["flat"] = flat
         arrays["grids"] = np.asarray(json.dumps([grid_record(g) for g in grids]))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,8 +217,15 @@ def save_trace_maps(folder: str | Path, sample_id: str, trace: Any, flat_maps: n
                                                    trace.generated_ids.tolist())
     pieces, special = trace.cache["token_pieces"]
     rows = range(len(pieces)) if tokens is None else tokens
+    clips = getattr(trace.inputs, "clips", None) or {}
+    frames = fps = None
+    if clips:  # a clip's time axis: the source frames of each temporal patch
+        from mmxai.viewer_video import patch_sources
+
+        clip = next(iter(clips.values()))
+        frames, fps = patch_sources(clip), clip.fps
     return save_maps(folder, sample_id, [pieces[t] for t in rows], [special[t] for t in rows],
-                     flat_maps, trace.grids)
+                     flat_maps, trace.grids, frames, fps)
 
 
 def painted_size(grids: Sequence[ImageGrid]) -> tuple[int, int]:
@@ -232,17 +268,24 @@ def load_maps(path: str | Path) -> SavedMaps:
                 held = ", ".join(members) or "nothing"
                 raise InputError(f"{where}: no {needed!r} array (it holds {held})")
         arrays = {name: _member(archive, name, where) for name in members}
-    tokens = _tokens(arrays["tokens"], where)
+    tokens = tokens_member(arrays["tokens"], where)
     n = len(tokens)
-    image_maps = _image_maps(arrays["maps"], n, where)
-    special = _special(arrays.get("special"), n, where)
-    box = _box(arrays.get("box"), where)
+    if arrays["maps"].ndim == 4 or "frames" in arrays or "fps" in arrays:
+        if "flat" in arrays or "grids" in arrays:
+            raise InputError(f"{where}: a video's maps hold their layout; 'flat' and 'grids' "
+                             "are for images")
+        flat, grids, frames, fps = video_members(arrays, n, where)
+        return SavedMaps(path, tokens, special_member(arrays.get("special"), n, where),
+                         np.ascontiguousarray(flat), grids, frames, fps)
+    image_maps = image_maps_member(arrays["maps"], n, where)
+    special = special_member(arrays.get("special"), n, where)
+    box = box_member(arrays.get("box"), where)
     if ("flat" in arrays) != ("grids" in arrays):
         given, missing = ("flat", "grids") if "flat" in arrays else ("grids", "flat")
         raise InputError(f"{where}: has {given!r} but no {missing!r}; the exact layout needs "
                          "both")
     if "flat" in arrays:
-        flat = _flat(arrays["flat"], n, where)
+        flat = flat_member(arrays["flat"], n, where)
         grids = grids_from_json(arrays["grids"], flat.shape[1], where)
     else:
         rows, cols = image_maps.shape[1:]
@@ -282,72 +325,6 @@ def _member(archive: Any, name: str, where: str) -> np.ndarray:
         raise InputError(f"{where}: {name!r} cannot be read ({describe_error(exc)})") from exc
     except Exception as exc:  # a corrupt member: zipfile, zlib, EOF
         raise InputError(f"{where}: {name!r} cannot be read ({describe_error(exc)})") from exc
-
-
-def _tokens(array: np.ndarray, where: str) -> list[str]:
-    if array.ndim != 1:
-        raise InputError(f"{where}: 'tokens' has shape {array.shape}, expected (n_tokens,)")
-    if array.dtype.kind != "U" and array.size:
-        raise InputError(f"{where}: 'tokens' holds {array.dtype} values, expected strings "
-                         "(np.asarray(tokens, dtype=str))")
-    return [str(t) for t in array.tolist()]
-
-
-def _finite(array: np.ndarray, name: str, where: str) -> np.ndarray:
-    """``array`` as float32, refused if a value is NaN or infinite (before or after)."""
-    if array.dtype.kind == "u" and array.dtype.itemsize == 1:
-        return array.astype(np.float32) / np.float32(255)
-    if array.dtype.kind != "f":
-        raise InputError(f"{where}: {name!r} holds {array.dtype} values, expected float32 "
-                         "(or uint8, as the TAM reference writes)")
-    values = array.astype(np.float32)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        token = int(np.argwhere(bad)[0][0])
-        raise InputError(f"{where}: {name!r} holds {int(bad.sum())} NaN or infinite "
-                         f"value(s) as float32, the first in the map of token {token}")
-    return values
-
-
-def _image_maps(array: np.ndarray, n: int, where: str) -> np.ndarray:
-    if array.ndim != 3:
-        raise InputError(f"{where}: 'maps' has shape {array.shape}, expected (n_tokens, h, w)")
-    if array.shape[0] != n:
-        raise InputError(f"{where}: {array.shape[0]} maps for {n} tokens")
-    if 0 in array.shape[1:]:
-        raise InputError(f"{where}: 'maps' has shape {array.shape}: a map needs h, w >= 1")
-    return _finite(array, "maps", where)
-
-
-def _flat(array: np.ndarray, n: int, where: str) -> np.ndarray:
-    if array.ndim != 2:
-        raise InputError(f"{where}: 'flat' has shape {array.shape}, expected (n_tokens, N)")
-    if array.shape[0] != n:
-        raise InputError(f"{where}: 'flat' holds {array.shape[0]} maps for {n} tokens")
-    if array.dtype.kind != "f":
-        raise InputError(f"{where}: 'flat' holds {array.dtype} values, expected float32")
-    return _finite(array, "flat", where)
-
-
-def _special(array: np.ndarray | None, n: int, where: str) -> list[bool]:
-    if array is None:
-        return [False] * n
-    if array.shape != (n,):
-        raise InputError(f"{where}: 'special' has shape {array.shape}, expected ({n},), one "
-                         "flag per token")
-    if array.dtype.kind != "b":
-        if array.dtype.kind not in "iu" or not np.isin(array, (0, 1)).all():
-            raise InputError(f"{where}: 'special' holds {array.dtype} values, expected bool")
-    return [bool(s) for s in array.tolist()]
-
-
-def _box(array: np.ndarray | None, where: str) -> tuple[float, float, float, float]:
-    if array is None:
-        return WHOLE_IMAGE
-    if array.shape != (4,) or array.dtype.kind not in "fiu":
-        raise InputError(f"{where}: 'box' is {array.dtype} of shape {array.shape}, expected "
-                         "four numbers (x0, y0, x1, y1)")
-    return check_box(array.tolist(), f"{where}: 'box'")
 
 
 __all__ = ["MEMBERS", "PAINTED_SIDE", "SavedMaps", "load_maps", "maps_path", "painted_size",

@@ -256,7 +256,7 @@ def _capture_vocab(model: Model, needs: Needs, store: dict[str, list],
             return None
         rows = full[torch.arange(x.shape[0]), torch.as_tensor(list(prompt_rows))]
         added["rows"] = 1
-        return (torch.cat([rows[:, None].to(x.dtype), x], dim=1), *args[1:])
+        return (torch.cat([rows[:, None].to(x.device, x.dtype), x], dim=1), *args[1:])
 
     def hook(_m, _i, out):
         if added["rows"]:
@@ -395,5 +395,6 @@ def forced_trace(model: Model, inputs: Inputs, generated_ids: torch.Tensor | Seq
                        logits_to_keep=1)  # full-vocab logits only where needed
     attentions = None
     if needs.attentions:
-        attentions = [a[0].float() for a in out.attentions]
+        # one device for all layers (a split model's are each on their layer's device)
+        attentions = [a[0].float().to(out.attentions[0].device) for a in out.attentions]
     return _finish(model, inputs, sequence, store, attentions, needs)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mmxai.viewer_page import TEMPLATE
+from mmxai.viewer_page import TEMPLATE, TIMELINE
 from mmxai.words import token_pieces
 
 if TYPE_CHECKING:
@@ -56,23 +56,26 @@ def value_range(heat: np.ndarray) -> tuple[float, float]:
     return float(heat.min()), float(heat.max())
 
 
-def normalise(heat: np.ndarray) -> np.ndarray:
-    """Scale one map to [0, 1] for display: min-max, NaN/inf to 0, a constant map to 0."""
+def normalise(heat: np.ndarray, span: tuple[float, float] | None = None) -> np.ndarray:
+    """Scale one map to [0, 1] for display: min-max (or ``span``'s (min, max), a video
+    token's over all its temporal patches), NaN/inf to 0, a constant map to 0."""
     heat = _finite(heat)
-    lo, hi = value_range(heat)
+    lo, hi = value_range(heat) if span is None else span
     if hi <= lo:
         return np.zeros_like(heat)
-    return (heat - lo) / (hi - lo)
+    return np.clip((heat - lo) / (hi - lo), 0.0, 1.0)
 
 
-def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> Image.Image:
+def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.5,
+            span: tuple[float, float] | None = None) -> Image.Image:
     """Blend the JET colouring of ``heat`` (H, W) over ``image``.
 
-    ``heat`` is normalised to [0, 1] first and resized (bilinear) to the image when the sizes
-    differ. ``alpha`` is the weight of the heat colours.
+    ``heat`` is normalised to [0, 1] first (over ``span``, default its own min and max) and
+    resized (bilinear) to the image when the sizes differ. ``alpha`` is the weight of the
+    heat colours.
     """
     base = image.convert("RGB")
-    heat = normalise(heat)
+    heat = normalise(heat, span)
     if heat.shape != (base.height, base.width):
         resized = Image.fromarray(heat, mode="F").resize(base.size, Image.Resampling.BILINEAR)
         heat = np.asarray(resized, dtype=np.float32)
@@ -152,10 +155,11 @@ def heat_png(heat: np.ndarray) -> bytes:
     return png_bytes(Image.fromarray(jet(normalise(heat))))
 
 
-def grey_png(heat: np.ndarray) -> bytes:
+def grey_png(heat: np.ndarray, span: tuple[float, float] | None = None) -> bytes:
     """PNG bytes of one (H, W) map, normalised and quantised to 8-bit grey (0: its min,
-    255: its max): what the page colours, with the map's :func:`value_range`."""
-    grey = np.round(normalise(heat) * 255.0).astype(np.uint8)
+    255: its max, or ``span``'s): what the page colours, with the map's
+    :func:`value_range`."""
+    grey = np.round(normalise(heat, span) * 255.0).astype(np.uint8)
     return png_bytes(Image.fromarray(grey, mode="L"))
 
 
@@ -200,29 +204,44 @@ class PageMethod:
     """One method's maps for a page, in token order.
 
     ``heatmaps``: one PNG per explained token, the map min-max scaled to 8-bit grey
-    (:func:`grey_png`), coloured by the page; ``ranges``: each map's raw (min, max) (None:
-    (0, 1) for every map), for the page's raw-values view and its colour bars; ``text``:
-    for a method with a text half (TAM), (tokens, tokens) relevances in [0, 1] of token k
-    (column) to explained token j (row), None otherwise. :meth:`from_maps` builds all three.
+    (:func:`grey_png`), coloured by the page; for a video, one list per token of a PNG per
+    temporal patch, scaled by the token's (min, max) over all patches; ``ranges``: each
+    token's raw (min, max) (None: (0, 1) for every map), for the page's raw-values view and
+    its colour bars; ``text``: for a method with a text half (TAM), (tokens, tokens)
+    relevances in [0, 1] of token k (column) to explained token j (row), None otherwise.
+    :meth:`from_maps` builds all three.
     """
 
     name: str
-    heatmaps: list[bytes]
+    heatmaps: list[bytes] | list[list[bytes]]
     ranges: list[tuple[float, float]] | None = None
     text: np.ndarray | None = None
 
     @classmethod
     def from_maps(cls, name: str, maps: Sequence[np.ndarray],
                   text: np.ndarray | None = None) -> PageMethod:
-        """From each explained token's (H, W) map in the image's frame."""
-        return cls(name, [grey_png(m) for m in maps], [value_range(m) for m in maps], text)
+        """From each explained token's (H, W) map in the image's frame, or (T, H, W), a
+        video token's map on each of its T temporal patches (one scale for all T)."""
+        ranges = [value_range(m) for m in maps]
+        pngs = [grey_png(m) if np.ndim(m) == 2 else [grey_png(frame, span) for frame in m]
+                for m, span in zip(maps, ranges, strict=True)]
+        return cls(name, pngs, ranges, text)
 
-    def checked(self, n_tokens: int) -> tuple[list[list[float]], list[list[float]] | None]:
+    def checked(self, n_tokens: int, n_patches: int | None = None
+                ) -> tuple[list[list[float]], list[list[float]] | None]:
         """(ranges, text) as lists for the page; a ValueError in one line naming the method
-        when a count, a shape or a value does not fit ``n_tokens`` tokens."""
+        when a count, a shape or a value does not fit ``n_tokens`` tokens (of a video of
+        ``n_patches`` temporal patches; None: an image)."""
         where = f"method {as_text(self.name)!r}"
         if len(self.heatmaps) != n_tokens:
             raise ValueError(f"{where}: {len(self.heatmaps)} maps for {n_tokens} tokens")
+        for i, pngs in enumerate(self.heatmaps):
+            if n_patches is None and not isinstance(pngs, bytes):
+                raise ValueError(f"{where}: token {i}'s map is not one PNG (an image's page)")
+            if n_patches is not None and (isinstance(pngs, bytes) or len(pngs) != n_patches):
+                count = 1 if isinstance(pngs, bytes) else len(pngs)
+                raise ValueError(f"{where}: token {i} has {count} maps for {n_patches} "
+                                 "temporal patches")
         ranges = [(0.0, 1.0)] * n_tokens if self.ranges is None else self.ranges
         if len(ranges) != n_tokens:
             raise ValueError(f"{where}: {len(ranges)} value ranges for {n_tokens} tokens")
@@ -240,9 +259,10 @@ class PageMethod:
         return pairs, np.round(text, 4).tolist()
 
 
-def html_page(title: str, image: Image.Image, words: Sequence[str],
+def html_page(title: str, image: Image.Image | Sequence[Image.Image], words: Sequence[str],
               methods: Sequence[PageMethod], subtitle: str = "", alpha: float = 0.5,
-              gaps: Sequence[str] | None = None) -> str:
+              gaps: Sequence[str] | None = None,
+              frame_labels: Sequence[str] | None = None) -> str:
     """One self-contained page: the answer as clickable tokens over the maps.
 
     ``words`` are the explained tokens, each decoded on its own, one per map of every
@@ -259,6 +279,12 @@ def html_page(title: str, image: Image.Image, words: Sequence[str],
     fragment chooses too (``#token=3&method=tam&raw=1&original=0``), and follows the
     choices, so a link opens the same view.
 
+    A video is ``image`` as a sequence of frames, one per temporal patch (its first
+    source frame), each method's maps one list per token (:class:`PageMethod`);
+    ``frame_labels`` names the patches (default ``t0``, ``t1``...). Every view then shows
+    the chosen patch (``#t=2``), and a strip shows the chosen token's map on every patch,
+    with a play button (and keys) that steps through them.
+
     Every string (title, subtitle, words, gaps, method names) is text, never markup: it is
     escaped for HTML, and embedded in the script only as :func:`script_json`.
     """
@@ -270,17 +296,30 @@ def html_page(title: str, image: Image.Image, words: Sequence[str],
     gaps = [""] * len(words) if gaps is None else list(gaps)
     if len(gaps) != len(words):
         raise ValueError(f"{len(gaps)} gaps for {len(words)} tokens")
-    checked = [m.checked(len(words)) for m in methods]
-    maps = {name: [data_uri(png) for png in m.heatmaps]
+    frames = None if isinstance(image, Image.Image) else list(image)
+    if frames is not None:
+        if not frames or not all(isinstance(f, Image.Image) for f in frames):
+            raise ValueError("a video's page needs one PIL image per temporal patch")
+        labels = [f"t{k}" for k in range(len(frames))] if frame_labels is None \
+            else [as_text(label) for label in frame_labels]
+        if len(labels) != len(frames):
+            raise ValueError(f"{len(labels)} frame labels for {len(frames)} temporal patches")
+        image = frames[0]
+    elif frame_labels is not None:
+        raise ValueError("frame labels name a video's temporal patches; this page is an image's")
+    checked = [m.checked(len(words), None if frames is None else len(frames)) for m in methods]
+    maps = {name: [data_uri(png) if frames is None else [data_uri(p) for p in png]
+                   for png in m.heatmaps]
             for name, m in zip(names, methods, strict=True)}
     ranges = {name: pairs for name, (pairs, _) in zip(names, checked, strict=True)}
     text = {name: rows for name, (_, rows) in zip(names, checked, strict=True)
             if rows is not None}
     # The photo goes in once, as JPEG (a PNG photo is ten times larger), at most 1024 wide
     # and never upscaled: the browser scales it to the display width.
-    embedded = image.convert("RGB")
-    if max(image.size) > 1024:
-        embedded = embedded.resize(fit(image.size), Image.Resampling.BICUBIC)
+    embedded = _embedded(image, 1024)
+    # A video's frames: each patch's, 640 pixels at most, as T photos add up.
+    frame_uris = [] if frames is None else [data_uri(jpeg_bytes(_embedded(f, 640)),
+                                                     "image/jpeg") for f in frames]
     tokens = "".join(
         f'{html_text(gap)}<span class="tok" data-i="{i}" title="token {i}">'
         f'{html_text(word) or "&#8203;"}</span>'
@@ -297,13 +336,25 @@ def html_page(title: str, image: Image.Image, words: Sequence[str],
                                              jet(np.linspace(0, 1, 9)), strict=True))
     values = {
         "title": html_text(title), "subtitle": html_text(subtitle), "tokens": tokens,
-        "selector": selector, "image": data_uri(jpeg_bytes(embedded), "image/jpeg"),
+        "selector": selector,
+        "image": frame_uris[0] if frames else data_uri(jpeg_bytes(embedded), "image/jpeg"),
+        "frames": script_json(frame_uris), "labels": script_json([] if frames is None
+                                                                 else labels),
+        "timeline": "" if frames is None else TIMELINE,
         "maps": script_json(maps), "ranges": script_json(ranges), "text": script_json(text),
         "first": script_json(names[0] if names else ""), "alpha": f"{float(alpha):g}",
         "width": str(fit(image.size, 512, 640)[0]), "ramp": ramp,
     }
     # One pass: a value holding "@@title@@" is never substituted again.
     return re.sub(r"@@(\w+)@@", lambda m: values[m.group(1)], TEMPLATE)
+
+
+def _embedded(image: Image.Image, largest: int) -> Image.Image:
+    """``image`` in RGB, shrunk (never grown) so its longer side is ``largest`` at most."""
+    embedded = image.convert("RGB")
+    if max(image.size) > largest:
+        embedded = embedded.resize(fit(image.size, largest, largest), Image.Resampling.BICUBIC)
+    return embedded
 
 
 def token_gaps(pieces: Sequence[str], words: Sequence[str]) -> list[str]:

@@ -30,3 +30,15 @@ def forced(model: Model, needs: Needs | None = None) -> Trace:
     inputs = model.build_inputs([image()], PROMPT)
     answer = model.tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
     return forced_trace(model, inputs, answer, needs or Needs())
+
+
+#: Small budgets for the costly methods in tests that run every method on every family
+#: (their own tests run them at their defaults): the same code paths, a few passes each.
+CHEAP = {
+    "integrated-gradients": {"steps": 4},
+    "ig-smoothgrad": {"steps": 2, "samples": 2},
+    "eagle": {"segments": 4},
+    "kernel-shap": {"samples": 8},
+    "lime": {"samples": 8},
+    "occlusion": {"window": 2, "stride": 2},
+}

@@ -32,3 +32,12 @@ def test_a_costly_method_is_left_out_until_named(monkeypatch):
     assert "costly-test" not in default_methods() and "legacy-test" in default_methods()
     assert default_methods(["costly-test"]) == ["costly-test"]
     assert "costly-test" in default_methods(["all"])
+
+
+def test_the_api_reads_all_as_every_registered_method():
+    from mmxai import api
+
+    instances = api._methods("all", {"integrated-gradients": {"steps": 2}})
+    assert [m.name for m in instances] == list(manager().items("methods"))
+    by_name = {m.name: m for m in instances}
+    assert by_name["integrated-gradients"].options.steps == 2

@@ -236,10 +236,16 @@ def test_any_other_mode_is_refused_naming_it():
     one_line(exc, "sample 7", "image mode 'BGR;24' is not supported")
 
 
-def test_a_multi_frame_gif_gives_its_first_frame(tmp_path):
+@pytest.mark.parametrize("suffix", ["gif", "webp", "png", "tiff"])
+def test_a_multi_frame_file_is_a_clip_not_its_first_frame(tmp_path, suffix):
+    """Never silently frame 0: an animation given as an image is refused (docs/video.md)."""
     frames = [Image.new("RGB", (4, 4), colour) for colour in ((255, 0, 0), (0, 0, 255))]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
-    assert pixel(api_load_image(tmp_path / "anim.gif")) == (255, 0, 0)
+    frames[0].save(tmp_path / f"anim.{suffix}", save_all=True, append_images=frames[1:])
+    with pytest.raises(InputError, match="has 2 frames: explain it as a video"):
+        api_load_image(tmp_path / f"anim.{suffix}")
+    lossless = {"lossless": True} if suffix == "webp" else {}
+    frames[0].save(tmp_path / f"still.{suffix}", save_all=True, **lossless)  # an image
+    assert pixel(api_load_image(tmp_path / f"still.{suffix}")) == (255, 0, 0)
 
 
 # -- EXIF orientation -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers_attribution import PROMPT, image
+from helpers_attribution import CHEAP, PROMPT, image
 
 from mmxai.api import explain_many
 from mmxai.errors import InputError, MMXAIError
@@ -77,7 +77,7 @@ def test_indices_outside_the_answer_are_refused_in_one_line(name, trace):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_no_token_list_means_every_token(name, trace):
-    method = method_class(name)()
+    method = method_class(name)(**CHEAP.get(name, {}))
     n = trace.n_generated
     every = method(trace)
     assert every.shape == (n, len(trace.image_positions)) and every.dtype == np.float32
@@ -102,13 +102,14 @@ def test_maps_of_the_wrong_shape_or_with_nan_are_refused_in_one_line(name, trace
             return maps
 
     n, n_image = trace.n_generated, len(trace.image_positions)
+    small = CHEAP.get(name, {})
     with pytest.raises(InvalidMapsError) as caught:
-        WrongShape()(trace)
+        WrongShape(**small)(trace)
     text = one_line(caught)
     assert text.startswith(f"method {name!r} returned maps of shape ({n}, {n_image - 1})")
     assert f"expected ({n}, {n_image})" in text
     with pytest.raises(InvalidMapsError) as caught:
-        WithNaN()(trace, [2, 0])
+        WithNaN(**small)(trace, [2, 0])
     text = one_line(caught)
     assert text.startswith(f"method {name!r} returned 1 NaN or infinite value(s)")
     assert text.endswith("for generated token(s) 0")  # the row of token 0, not row 1

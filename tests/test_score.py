@@ -497,3 +497,21 @@ def test_explain_save_maps_refuses_bad_targets_before_loading(tiny_dir, tmp_path
                            tmp_path / "maps", "--sample-id", "")
     one_line_error(code, err, "--sample-id", "non-empty")
     assert not (out / "index.html").exists()
+
+
+def test_a_video_maps_file_fails_its_sample_in_one_line(tmp_path, capsys):
+    """A clip's maps (a time axis) against a still image's mask: refused, counted, the run
+    goes on; the other sample scores."""
+    first, second = [s.id for s in list(SyntheticScenes())[:2]]
+    grids = stack_grids([ImageGrid(0, np.arange(4 * k, 4 * k + 4), (2, 2), frame=k,
+                                   kind="video") for k in range(2)])
+    save_maps(tmp_path / "maps", first, [" a"], [False], np.ones((1, 8), np.float32), grids,
+              np.array([[0, 1], [2, 3]]))
+    save_maps(tmp_path / "maps", second, [" a"], [False], np.ones((1, 4), np.float32),
+              stack_grids([ImageGrid(0, np.arange(4), (2, 2))]))
+    code, _, err = score(capsys, tmp_path / "maps", tmp_path / "out", "--limit", "2")
+    rows = stored(tmp_path / "out" / "results.sqlite")
+    failed = {sample for (sample, _), (status, _, _) in rows.items() if status != "ok"}
+    assert failed == {first}, err
+    errors = {error for (sample, _), (_, _, error) in rows.items() if sample == first}
+    assert len(errors) == 1 and "holds a video's maps" in errors.pop()

@@ -112,8 +112,10 @@ def test_lm_head_reads_object_words_at_object_patches(testbed, bundled):
 
 
 def test_default_compare_runs_every_method_and_metric_on_the_bundled_benchmark(tmp_path, capsys):
-    """``mmxai compare`` with no model and no dataset, on the first scenes of the split."""
+    """``mmxai compare`` with no model and no dataset, on the first scenes of the split: every
+    method but the costly ones (``default_run`` False), every metric."""
     from mmxai import cli
+    from mmxai.method import default_methods
     from mmxai.registry import manager
 
     out = tmp_path / "results"
@@ -123,7 +125,9 @@ def test_default_compare_runs_every_method_and_metric_on_the_bundled_benchmark(t
     assert code == 0
     assert "2 samples, 2 evaluated now, 0 already stored, 0 failed" in printed
     board = json.loads((out / "leaderboard.json").read_text())
-    assert {r["method"] for r in board["rows"]} == set(manager().items("methods"))
+    assert {r["method"] for r in board["rows"]} == set(default_methods())
+    assert {"integrated-gradients", "eagle"} <= set(manager().items("methods")) - set(
+        default_methods())
     assert all(r["n"] == 2 and r["failed"] == 0 for r in board["rows"])
     names = {m["label"].split("[")[0] for m in board["metrics"]}
     assert names == set(manager().items("metrics"))

@@ -5,7 +5,8 @@ The browser is driven over the Chrome DevTools protocol on a pipe (``--remote-de
 NUL-separated JSON on file descriptors 3 and 4), with the standard library only: the mouse
 clicks a token, a method's panel and a thumbnail, the keyboard steps through tokens, the
 selector and the check boxes change, a URL fragment opens a view; then the DOM is read and a
-screenshot is taken. Skips only when ``chromium`` is not installed (tests/QUARANTINES.md);
+screenshot is taken. A video's page (its strip of temporal patches, play/pause) is driven
+the same way. Skips only when ``chromium`` is not installed (tests/QUARANTINES.md);
 CI installs it (.ci/run).
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmxai import api, cli
+from mmxai import api, cli, viewer
 from mmxai.methods.tam import TAM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -341,3 +342,103 @@ def test_the_screenshot_shows_the_image_and_the_maps_side_by_side(page, browser,
     assert all(d > 10 for d in differences), differences  # each method's own map
     assert all(np.abs(a - image_only[1]).mean() < 1 for a in image_only[2:]), [
         np.abs(a - image_only[1]).mean() for a in image_only[2:]]  # the same image alone
+
+
+# -- a video's page: the chosen token's map on every temporal patch, played ------------------
+PATCHES = 3
+VIDEO_SHOWN = ["a", 1, False, False]  # + the temporal patch
+
+
+@pytest.fixture(scope="module")
+def video_page(tmp_path_factory) -> dict:
+    """A video's page (:func:`mmxai.viewer.html_page` with frames): three temporal patches,
+    each over a frame of its own colour, two methods, three tokens; its URL and labels."""
+    frames = [Image.new("RGB", (96, 64), colour) for colour in
+              [(200, 40, 40), (40, 200, 40), (40, 40, 200)]]
+    rng = np.random.default_rng(0)
+    methods = [viewer.PageMethod.from_maps(name, [rng.random((PATCHES, 8, 12))
+                                                  for _ in range(3)]) for name in ("a", "b")]
+    labels = [f"t{t}: frames {2 * t}-{2 * t + 1}" for t in range(PATCHES)]
+    out = tmp_path_factory.mktemp("video-viewer") / "index.html"
+    out.write_text(viewer.html_page("clip", frames, [" one", " two", " three"], methods,
+                                    frame_labels=labels), encoding="utf-8")
+    return {"url": out.as_uri(), "labels": labels}
+
+
+def frames_dom(browser: Browser) -> dict:
+    return browser.evaluate("""(() => {
+        const all = (s) => Array.from(document.querySelectorAll(s));
+        return {
+          frames: all(".frame").map((f) => Number(f.dataset.t)),
+          captions: all(".frame figcaption").map((c) => c.textContent),
+          on: all(".frame.on").map((f) => Number(f.dataset.t)),
+          boxes: all(".frame").map((f) => (f.dataset.box || "").split(",").map(Number)),
+          pixels: all(".frame canvas").map((c) => c.toDataURL()),
+          panels: all(".panel canvas").map((c) => c.toDataURL()),
+          photo: document.getElementById("photo").src,
+          framesData: FRAMES,
+          caption: document.getElementById("cap").textContent,
+          title: document.getElementById("frames-title").textContent,
+          hash: location.hash,
+          note: document.getElementById("note").textContent,
+          playing: document.body.dataset.playing,
+        }; })()""")
+
+
+def test_a_video_token_shows_a_strip_of_its_temporal_patches(video_page, browser):
+    browser.open(video_page["url"] + "#token=1")
+    browser.wait_shown([*VIDEO_SHOWN, 0])
+    shown = frames_dom(browser)
+    assert shown["frames"] == list(range(PATCHES)) and shown["on"] == [0]
+    assert shown["captions"] == video_page["labels"]
+    # drawn 120 x 80 (the frames' 3:2) inside a 3-pixel border, in one row
+    assert all(w == 126 and h == 86 for _, _, w, h in shown["boxes"]), shown["boxes"]
+    assert len({y for _, y, _, _ in shown["boxes"]}) == 1
+    assert len(set(shown["pixels"])) == PATCHES  # each patch's own frame and map
+    assert shown["photo"] == shown["framesData"][0]
+    assert shown["title"] == 'token 1 " two" over time, a'
+    assert shown["caption"] == f'a, token 1: " two", {video_page["labels"][0]}'
+    browser.click('.frame[data-t="2"]')
+    browser.wait_shown([*VIDEO_SHOWN, 2])
+    after = frames_dom(browser)
+    assert after["on"] == [2] and after["photo"] == after["framesData"][2]
+    assert after["hash"] == "#token=1&method=a&raw=0&original=0&t=2"
+    assert after["panels"] != shown["panels"]  # every method's panel at the chosen patch
+    assert after["pixels"] == shown["pixels"]  # the strip: the same token, unchanged
+
+
+def test_play_steps_through_the_patches_and_pause_stops(video_page, browser):
+    browser.open(video_page["url"] + "#token=1&t=1")
+    browser.wait_shown([*VIDEO_SHOWN, 1])
+    assert frames_dom(browser)["playing"] == "0"
+    browser.click("#play")
+    browser.wait_shown([*VIDEO_SHOWN, 2])  # one step on, then round to the first
+    browser.wait_shown([*VIDEO_SHOWN, 0])
+    assert frames_dom(browser)["playing"] == "1"
+    browser.click("#play")
+    assert frames_dom(browser)["playing"] == "0"
+    stopped = browser.shown()
+    time.sleep(1.6)  # more than two steps' time
+    assert browser.shown() == stopped
+    browser.key(" ", 32)  # the space bar plays too
+    browser.wait_for("document.body.dataset.playing", "1")
+    browser.key(".", 190)  # stepping by hand pauses
+    browser.wait_for("document.body.dataset.playing", "0")
+
+
+def test_keys_and_the_fragment_choose_the_patch(video_page, browser):
+    browser.open(video_page["url"] + "#t=2&method=b")
+    browser.wait_shown(["b", 0, False, False, 2])
+    browser.key(",", 188)
+    browser.wait_shown(["b", 0, False, False, 1])
+    browser.key("ArrowRight", 39)  # tokens, as on an image's page; the patch stays
+    browser.wait_shown(["b", 1, False, False, 1])
+    browser.open(video_page["url"] + "#t=7")
+    assert "#t=7: no such temporal patch (0 to 2)" in frames_dom(browser)["note"]
+    assert browser.shown() == ["a", 0, False, False, 0]
+
+
+def test_an_image_page_says_it_has_no_temporal_patches(page, browser):
+    browser.open(page["url"] + "#t=1")
+    assert "#t=1: an image has no temporal patches" in dom(browser)["note"]
+    assert browser.shown() == ["tam", 0, False, False]

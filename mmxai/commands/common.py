@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import warnings
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from safetensors import SafetensorError
 
 from mmxai import api, hub, loading
 from mmxai.commands.tiny import find_family
+from mmxai.device_map import INSTALL, check_placement, dispatch, parse_max_memory
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.model import Model, load_model
 
@@ -88,10 +90,34 @@ def check_max_new_tokens(n: object, option: str = "--max-new-tokens") -> int:
     return api.check_max_new_tokens(n, option)
 
 
+def add_device_map_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device-map`` and ``--max-memory``, as ``explain`` and ``compare`` share them."""
+    parser.add_argument("--device-map", metavar="auto|balanced|sequential",
+                        help="split the model over this machine's GPUs (then CPU memory, then "
+                             "disk) with accelerate: auto or balanced spread it evenly, "
+                             "sequential fills each GPU in turn; needs "
+                             f"{INSTALL} (default: the whole model on --device)")
+    parser.add_argument("--max-memory", metavar="DEVICE=SIZE,...",
+                        help="what --device-map may use of each device, e.g. "
+                             "0=20GiB,1=20GiB,cpu=60GiB (default: what is free)")
+
+
+def placement(device_map: str | None, max_memory: str | None, device: str = "auto",
+              workers: int | None = None) -> dict[str, object]:
+    """``--device-map`` and ``--max-memory`` as :func:`open_model` takes them, checked before
+    any model loads (:func:`mmxai.device_map.check_placement`); nothing without a map."""
+    check_placement(device_map, max_memory, device, workers)
+    if device_map is None:
+        return {}
+    budgets = None if max_memory is None else parse_max_memory(max_memory)
+    return {"device_map": device_map, "max_memory": budgets}
+
+
 def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto",
                trust_remote_code: bool = False, source: hub.Source | None = None,
                chat_template: str | None = None,
-               say: Callable[[str], None] | None = None) -> Model:
+               say: Callable[[str], None] | None = None,
+               device_map: str | None = None, max_memory: dict | None = None) -> Model:
     """A model from a hub name, a local folder, a bundled model's name (``testbed``) or
     ``tiny:<family>``, checked to run.
 
@@ -106,7 +132,9 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
     model's name that is also a folder here) and what loading filled in
     (:mod:`mmxai.loading`) go to ``say``, one ``note: ...`` line each (default: stderr); a
     model that cannot run on a test image is one line (:func:`mmxai.loading.preflight`),
-    before any sample."""
+    before any sample. ``device_map``/``max_memory`` (:func:`placement`) split the model
+    over devices instead of putting it on ``device``."""
+    split = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory}
     if not spec.startswith(TINY):
         source = source or hub.resolve(spec)
         if source.note is not None:
@@ -115,6 +143,8 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
         if spec.startswith(TINY):
             model = find_family(spec[len(TINY):]).tiny()
             model.hf.to(device=device, dtype=None if dtype == "auto" else dtype)
+            if split:
+                dispatch(model, **split)
             if chat_template is not None:
                 model.processor.chat_template = chat_template
                 loading.preflight(model)
@@ -123,7 +153,7 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
             warnings.simplefilter("ignore", loading.LoadNote)  # said below, as notes
             model = load_model(spec, source=source, device=device, dtype=dtype,
                                trust_remote_code=trust_remote_code,
-                               chat_template=chat_template)
+                               chat_template=chat_template, **split)
     except _LOAD_ERRORS as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         cause = first if isinstance(exc, (OSError, ValueError)) and first else \

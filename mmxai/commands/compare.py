@@ -55,11 +55,13 @@ from mmxai.api import make_method
 from mmxai.cli import error
 from mmxai.commands import workers
 from mmxai.commands.common import (
+    add_device_map_arguments,
     chat_template_option,
     check_max_new_tokens,
     open_model,
     parse_dtype,
     parse_options,
+    placement,
     resolve_device,
 )
 from mmxai.commands.leaderboard import LabelAction, check_out, model_labels
@@ -161,6 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a Jinja chat template (UTF-8 file) for every model, instead of "
                              "the checkpoint's, or of the family's default when it has none "
                              "(default: those)")
+    add_device_map_arguments(parser)
 
 
 def _max_new_tokens(text: str) -> int:
@@ -187,7 +190,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         batch_size=args.batch, seed=args.seed, bootstrap=args.bootstrap, limit=args.limit,
         retry=not args.no_retry, keep_going=args.keep_going, device=args.device,
         trust_remote_code=args.trust_remote_code, out=args.out, protocol=args.protocol,
-        save_maps=args.save_maps)
+        save_maps=args.save_maps, device_map=args.device_map, max_memory=args.max_memory)
 
 
 def default_benchmark() -> type[Dataset]:
@@ -229,9 +232,10 @@ class Plan:
 
     def open(self, model: str) -> Model:
         """The model ``model`` names, checked to run (:func:`open_model`)."""
+        split = placement(self.spec.device_map, self.spec.max_memory)
         return open_model(model, self.device, parse_dtype(self.spec.generation.dtype),
                           self.spec.trust_remote_code, chat_template=self.chat_template,
-                          say=lambda text: self._notes.note(f"note: {text}"))
+                          say=lambda text: self._notes.note(f"note: {text}"), **split)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -246,6 +250,7 @@ def build_plan(spec: RunSpec, chat_template: str | None = None,
     models opened with ``chat_template`` (the text of ``--chat-template``) if given and
     named as ``labels`` (``--label``, :func:`model_labels`) say."""
     protocols.require(spec.protocol)  # its libraries and data, before anything loads
+    placement(spec.device_map, spec.max_memory, spec.device)
     chosen = spec.selection
     dataset_cls = (manager().get("datasets", chosen.dataset) if chosen.dataset
                    else default_benchmark())
@@ -293,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--workers and --shard (or RANK/WORLD_SIZE) exclude each other: "
                          "a shard is one worker; run --shard i/n per process instead")
     shard = Shard.parse(args.shard) if args.shard else Shard.from_env()
+    placement(spec.device_map, spec.max_memory, spec.device, workers_given)
     check_out(spec.out)
     if spec.save_maps is not None:
         check_out(spec.save_maps, "--save-maps")
@@ -304,6 +310,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         count = workers.auto_workers(plan.models, plan.device, samples, spec.out)
     count = max(1, min(count, samples))  # a worker without samples would only load the model
+    if spec.device_map is not None:  # one process holds the split model (placement says)
+        count = 1
     stored = workers.stored_layout(spec.out)
     if not sharded and stored is not None and stored != count:
         # Each worker layout keeps its own stores: say so rather than recompute in silence.

@@ -4,8 +4,10 @@ Writes into ``--out``:
 
 - ``<method>/<index>_<token>.png``: the map of each generated token over the image, captioned
   with the method, the token and a colour bar of the map's values (``<method>/image<k>/...``
-  when several images are given);
-- ``index.html`` (``image<k>.html`` per image, plus an index, for several images): the
+  when several images are given); for a video, ``<index>_<token>_t<NN>.png``, one per
+  temporal patch, over the patch's first frame (``<method>/video<k>/...`` beside others);
+- ``index.html`` (``image<k>.html`` or ``video<k>.html`` per input, plus an index, for
+  several): the
   answer as clickable tokens, spaced as the tokenizer spaces its words; for the chosen token
   every method's map side by side, for the chosen method every token's; TAM's text half;
   self-contained, works offline (:func:`mmxai.viewer.html_page`);
@@ -33,7 +35,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -50,18 +51,22 @@ from mmxai.api import (
 from mmxai.cli import error
 from mmxai.commands.common import (
     TINY,
+    add_device_map_arguments,
     chat_template_option,
     check_max_new_tokens,
     note,
     open_model,
     parse_dtype,
     parse_options,
+    placement,
     resolve_device,
 )
+from mmxai.commands.explain_output import render_overlays, write_method, write_pages
 from mmxai.commands.tiny import folder_argument, shown, writable_folder
 from mmxai.errors import InputError
 from mmxai.method import Method, default_methods
 from mmxai.saved_maps import maps_path, save_trace_maps
+from mmxai.video import video_argument
 
 DEFAULT_METHOD = "tam"
 #: Exit code when some methods failed and the others' outputs were written.
@@ -72,7 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="hub name (e.g. Qwen/Qwen2-VL-2B-Instruct), local folder "
                                       "or tiny:<family>")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image file(s); several go into one prompt, images first")
+                        help="image file(s); several go into one prompt, images first; or "
+                             "one video (.mp4, .webm, .avi, .mov, animated .gif ...): "
+                             "docs/video.md")
+    parser.add_argument("--video", action="store_true",
+                        help="take IMAGE as a video: a folder of frames, or a file of another "
+                             "ending (default: by ending and frame count)")
+    parser.add_argument("--fps", type=float, metavar="F",
+                        help="sample a video at F frames per second (default: the family's, "
+                             "2 for Qwen); for a folder of frames: the rate they were taken at")
+    parser.add_argument("--frames", type=int, metavar="N",
+                        help="sample N evenly spaced frames of a video (default: by --fps)")
     parser.add_argument("--prompt", default="Describe the image.",
                         help="the user prompt (default: %(default)r)")
     parser.add_argument("--method", dest="methods", action="extend", nargs="+", metavar="NAME",
@@ -107,6 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-id", metavar="ID",
                         help="the sample id --save-maps names the file after (default: the "
                              "first image's file name without its extension)")
+    add_device_map_arguments(parser)
 
 
 def method_folders(names: list[str]) -> dict[str, str]:
@@ -126,7 +142,8 @@ def method_folders(names: list[str]) -> dict[str, str]:
 
 def _check_targets(out: Path, folders: dict[str, str], n_images: int) -> None:
     """What the run will write must not be blocked by a file or folder already in ``out``."""
-    pages = ["index.html"] + ([f"image{k}.html" for k in range(n_images)] if n_images > 1 else [])
+    pages = ["index.html"] + ([f"{what}{k}.html" for k in range(n_images)
+                               for what in ("image", "video")] if n_images > 1 else [])
     for name in [*pages, "run.json"]:
         if (out / name).is_dir():
             raise InputError(f"--out {str(out)!r}: {name} is a folder there; the run writes "
@@ -155,13 +172,15 @@ def run(args: argparse.Namespace) -> int:
     check_max_new_tokens(args.max_new_tokens)
     check_prompt(args.prompt, "--prompt")
     device = resolve_device(args.device)
+    split = placement(args.device_map, args.max_memory, args.device)
     dtype = parse_dtype(args.dtype)
     options = parse_options(args.options, methods)
-    images = [load_image(path) for path in args.images]
+    video = video_argument(args.images, args.video, args.fps, args.frames)
+    images = [] if video else [load_image(path) for path in args.images]
     instances = [make_method(name, **options.get(name, {})) for name in methods]
     folders = method_folders([m.name for m in instances])
     writable_folder(args.out, "--out")
-    _check_targets(args.out, folders, len(images))
+    _check_targets(args.out, folders, len(args.images))
     sample_id = _check_save_maps(args, folders)
     chat_template = chat_template_option(args.chat_template)
     # A mistyped folder or a hub name that cannot be fetched: one line now, not a minute of
@@ -177,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         task = progress.add_task(f"loading {shown(args.model)}", total=2 + 2 * len(instances))
         model = open_model(args.model, device, dtype, args.trust_remote_code, source=source,
                            chat_template=chat_template,
-                           say=lambda text: note(text, progress.console))
+                           say=lambda text: note(text, progress.console), **split)
 
         def on_step(step: str) -> None:  # a step starts: the one before it is done
             label = "tracing (one generation for all methods)" if step == "trace" else step
@@ -185,10 +204,12 @@ def run(args: argparse.Namespace) -> int:
 
         with warnings.catch_warnings():  # see quiet_generation
             quiet_generation()
-            explanations = explain_many(model, images, args.prompt, instances,
-                                        max_new_tokens=args.max_new_tokens, on_step=on_step,
-                                        failures=failures,
-                                        image_names=list(map(str, args.images)))
+            explanations = explain_many(model, None if video else images, args.prompt,
+                                        instances, max_new_tokens=args.max_new_tokens,
+                                        on_step=on_step, failures=failures,
+                                        image_names=list(map(str, args.images)), video=video)
+        if video and explanations:  # a clip's frame 0 stands for it where an image would
+            images = next(iter(explanations.values())).trace.inputs.images
         if explanations:
             try:
                 for name, explanation in explanations.items():
@@ -261,28 +282,6 @@ def save_method_maps(explanation: Explanation, folder: Path, sample_id: str) -> 
                          ) from exc
 
 
-def render_overlays(explanation: Explanation, images: list[Image.Image]) -> list[list[bytes]]:
-    """PNG bytes of each explained token's map over each image: ``[image][token]``, each
-    captioned with the method, the token and a colour bar of its values
-    (:func:`mmxai.viewer.labelled`).
-
-    Sizes follow :func:`mmxai.viewer.fit`, so big photos shrink and tiny images grow.
-    """
-    rendered = []
-    for index, image in enumerate(images):
-        shown = image.resize(viewer.fit(image.size), Image.Resampling.BICUBIC)
-        size = (shown.height, shown.width)
-        pngs = []
-        for i, (token, word) in enumerate(zip(explanation.tokens, explanation.words,
-                                              strict=True)):
-            heat = explanation.image_map(i, image=index, size=size)
-            label = f"{explanation.method}: token {token} {json.dumps(word, ensure_ascii=False)}"
-            pngs.append(viewer.png_bytes(viewer.labelled(viewer.overlay(shown, heat), label,
-                                                         *viewer.value_range(heat))))
-        rendered.append(pngs)
-    return rendered
-
-
 def text_relevances(methods: list[Method], explanations: dict[str, Explanation],
                     say: Callable[[str], None]) -> dict[str, np.ndarray]:
     """The text half of each method that has one (``text_relevance(trace, tokens)``, as
@@ -308,57 +307,6 @@ def text_relevances(methods: list[Method], explanations: dict[str, Explanation],
             continue
         found[method.name] = scores[:, tokens]
     return found
-
-
-def write_method(explanation: Explanation, overlays: list[list[bytes]], out: Path,
-                 folder_name: str | None = None) -> None:
-    """One method's PNGs (one per token and image) and its raw maps as ``maps.npz``, in
-    ``out/<folder_name>`` (default: the method's :func:`viewer.safe_filename`)."""
-    folder = out / (folder_name or viewer.safe_filename(explanation.method))
-    for index, pngs in enumerate(overlays):
-        target = folder / f"image{index}" if len(overlays) > 1 else folder
-        target.mkdir(parents=True, exist_ok=True)
-        for token, word, png in zip(explanation.tokens, explanation.words, pngs, strict=True):
-            (target / f"{token:03d}_{viewer.safe_filename(word)}.png").write_bytes(png)
-    grids = explanation.trace.grids
-    np.savez_compressed(
-        folder / "maps.npz",
-        maps=explanation.maps,
-        tokens=np.asarray(explanation.tokens, dtype=np.int64),
-        words=np.asarray(explanation.words, dtype=str),
-        generated_ids=explanation.trace.generated_ids.numpy(),
-        grid_shapes=np.asarray([g.shape for g in grids], dtype=np.int64).reshape(-1, 2),
-        grid_offsets=np.asarray([g.offset for g in grids], dtype=np.int64),
-        grid_images=np.asarray([g.image for g in grids], dtype=np.int64),
-        grid_frames=np.asarray([g.frame for g in grids], dtype=np.int64),
-        grid_boxes=np.asarray([g.box for g in grids], dtype=np.float32).reshape(-1, 4),
-    )
-
-
-def write_pages(explanations: dict[str, Explanation], images: list[Image.Image], out: Path,
-                title: str, image_names: list[str] | None = None,
-                text: dict[str, np.ndarray] | None = None) -> list[Path]:
-    """One self-contained HTML page per image (``index.html`` for a single image,
-    :func:`mmxai.viewer.explanation_page`); the first path returned is the one to open.
-    ``text``: the text halves (:func:`text_relevances`)."""
-    paths = []
-    for index, image in enumerate(images):
-        path = out / ("index.html" if len(images) == 1 else f"image{index}.html")
-        heading = title if len(images) == 1 else f"{title} (image {index})"
-        path.write_text(viewer.explanation_page(explanations, image, index, heading, text),
-                        encoding="utf-8")
-        paths.append(path)
-    if len(images) > 1:
-        names = image_names or [""] * len(images)
-        links = "".join(
-            f'<li><a href="{viewer.html_text(p.name)}">image {i}</a>'
-            f"{': ' + viewer.html_text(name) if name else ''}</li>"
-            for i, (p, name) in enumerate(zip(paths, names, strict=True)))
-        (out / "index.html").write_text(
-            f'<!DOCTYPE html><meta charset="utf-8"><title>{viewer.html_text(title)}</title>'
-            f"<h1>{viewer.html_text(title)}</h1><ul>{links}</ul>", encoding="utf-8")
-        paths.insert(0, out / "index.html")
-    return paths
 
 
 def write_run(explanations: dict[str, Explanation], args: argparse.Namespace,

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import torch
 
 import mmxai
+from mmxai import device_map
 from mmxai.dataset import Dataset
 from mmxai.errors import UnknownNameError
 from mmxai.evaluation.spec import RunSpec
@@ -83,7 +84,7 @@ def hash_files(paths: list[Path], chunk: int = 1 << 24) -> str:
 def hash_state(module: torch.nn.Module) -> str:
     """Hash of a model's parameters and buffers (for models built in memory, e.g. tiny)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(device_map.state_dict(module).items()):  # offloaded too
         digest.update(name.encode())
         raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # any dtype
         digest.update(raw.numpy().tobytes())

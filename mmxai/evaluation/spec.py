@@ -95,6 +95,8 @@ class RunSpec:
     and ``trust_remote_code`` say how models are opened, ``out`` where results go.
     ``save_maps``: the folder each sample's maps are written to when they are computed (not
     for samples resumed from the store); None: nowhere. It changes no result: no run key.
+    ``device_map`` and ``max_memory`` (``--max-memory``'s text) split each model over
+    devices (:mod:`mmxai.device_map`); where a model runs changes no result either.
     """
 
     selection: Selection = field(default_factory=Selection)
@@ -111,6 +113,8 @@ class RunSpec:
     trust_remote_code: bool = False
     out: Path = Path("mmxai-results")
     save_maps: Path | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
 
     def __post_init__(self) -> None:
         protocol = protocols.get(self.protocol)  # an unknown name: one line

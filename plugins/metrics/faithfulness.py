@@ -24,20 +24,20 @@ The plan per sample, shared by every method and both metrics:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from mmxai.citations import cite
-from mmxai.errors import InputError, MMXAIError
+from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.maps import to_image
 from mmxai.metric import EvalItem, Metric, Parts
 from mmxai.model import Inputs, Model
-from mmxai.perturb import fast_attention, swap_each
-from mmxai.trace import Trace, forced_features, forced_trace
+from mmxai.perturb import answer_log_probs, baseline_image, swap_each
+from mmxai.trace import Trace, forced_trace
 
 
 @dataclass
@@ -63,18 +63,6 @@ def auc(curve: np.ndarray) -> float:
     if curve.size < 2:
         raise ValueError("a curve needs at least two points")
     return float((curve[:-1] + curve[1:]).sum() / (2 * (curve.size - 1)))
-
-
-def baseline_image(image: Image.Image, kind: str) -> Image.Image:
-    """What replaces removed pixels: a strong blur, the mean colour, or black."""
-    if kind == "blur":
-        return image.filter(ImageFilter.GaussianBlur(radius=max(image.size) / 20))
-    if kind == "mean":
-        mean = np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0)
-        return Image.new("RGB", image.size, tuple(int(round(c)) for c in mean))
-    if kind == "black":
-        return Image.new("RGB", image.size)
-    raise MMXAIError(f"baseline must be 'blur', 'mean' or 'black', got {kind!r}")
 
 
 def pixel_ranks(image_map: np.ndarray) -> np.ndarray:
@@ -124,48 +112,18 @@ def answer_probabilities(trace: Trace, baseline: str | None) -> np.ndarray:
     return trace.cache[key]
 
 
-def _stack(features: list[dict[str, Any]]) -> dict[str, Any]:
-    """Processor outputs of several images -> one batch (every tensor along dim 0)."""
-    return {key: torch.cat([f[key] for f in features], dim=0) if torch.is_tensor(value)
-            else value for key, value in features[0].items()}
-
-
 def token_probabilities(model: Model, variants: list[Inputs], sequence: torch.Tensor,
                         positions: list[int], batch: int) -> np.ndarray:
     """(len(variants),) probability, under variant i, of ``sequence[positions[i] + 1]``
     read at ``positions[i]``, teacher-forcing ``sequence`` (without its last token).
 
-    Variants go through the model ``batch`` at a time when their features stack; else one
-    by one. The sequence stops at the last position asked for (causal attention: later
-    tokens cannot change it), and only the logits at the positions asked for are computed.
+    The variants go through :func:`~mmxai.perturb.answer_log_probs` ``batch`` at a time,
+    each pass reading every position asked for, of which each variant keeps its own.
     """
-    end = max(positions) + 1
-    features = [forced_features(v, sequence[:end]) for v in variants]
-    out = []
-    with fast_attention(model):
-        for start in range(0, len(features), max(1, batch)):
-            chunk = features[start:start + max(1, batch)]
-            wanted = positions[start:start + len(chunk)]
-            try:
-                out.append(_log_probs(model, _stack(chunk), sequence, wanted))
-            except (RuntimeError, ValueError, IndexError):  # inputs that do not stack
-                out.extend(_log_probs(model, f, sequence, [q]) for f, q in zip(chunk, wanted,
-                                                                              strict=True))
-    return np.exp(np.concatenate([np.atleast_1d(o) for o in out]))
-
-
-def _log_probs(model: Model, features: dict[str, Any], sequence: torch.Tensor,
-               positions: list[int]) -> np.ndarray:
-    """Row i's log-probability of the token after ``positions[i]``."""
-    keep = sorted(set(positions))
-    column = torch.tensor([keep.index(q) for q in positions])
-    targets = sequence[torch.tensor(positions) + 1]
-    with torch.no_grad():
-        logits = model.hf(**features, use_cache=False,
-                          logits_to_keep=torch.tensor(keep, device=model.device)).logits
-    rows = torch.arange(len(positions))
-    log_probs = logits[rows, column.to(logits.device)].float().log_softmax(dim=-1)
-    return log_probs[rows, targets.to(log_probs.device)].cpu().numpy()
+    wanted = sorted(set(positions))
+    log_probs = answer_log_probs(model, variants, sequence, wanted, batch)
+    column = [wanted.index(q) for q in positions]
+    return np.exp(log_probs[np.arange(len(variants)), column])
 
 
 class _Perturbation(Metric):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from mmxai.citations import cite
+from mmxai.errors import MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.metric import EvalItem, Metric, Parts
 from mmxai.model import Model
@@ -50,6 +51,11 @@ def randomised_copy(model: Model, top: float, seed: int) -> Model:
     """The model with its top ``ceil(top * n_layers)`` decoder layers re-initialised."""
     layers = list(model.decoder_layers())
     count = min(len(layers), max(1, math.ceil(top * len(layers))))
+    if any(p.device.type == "meta" for layer in layers[len(layers) - count:]
+           for p in layer.parameters()):  # accelerate would load the original weights back
+        raise MMXAIError(f"{model.model_id}: the top {count} decoder layers are offloaded "
+                         "(--device-map put them on cpu or disk), so they cannot be "
+                         "randomised; give the GPUs room for them (--max-memory)")
     chosen = {id(p) for layer in layers[len(layers) - count:] for p in layer.parameters()}
     # Share everything but the chosen layers' parameters: the copy costs one layer's memory.
     memo = {id(t): t for t in [*model.hf.parameters(), *model.hf.buffers()]

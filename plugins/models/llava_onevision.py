@@ -31,6 +31,7 @@ from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs
 from mmxai.plugins.models.fixed_grid import images_per_text
 from mmxai.plugins.models.llava_next import LlavaNext
+from mmxai.plugins.models.onevision_video import OnevisionVideo
 from mmxai.plugins.models.shared import crop_box, split_runs, stack_calls, token_positions
 from mmxai.plugins.models.tiny import TINY_TEXT, random_model, train_tokenizer
 
@@ -74,8 +75,10 @@ def image_text_processor_class() -> type:
     return LlavaOnevisionImageTextProcessor
 
 
-class LlavaOnevision(LlavaNext):
-    """LLaVA-OneVision: base + capped high-res grid for one image, base grids for several."""
+class LlavaOnevision(OnevisionVideo, LlavaNext):
+    """LLaVA-OneVision: base + capped high-res grid for one image, base grids for several;
+    video through :class:`~mmxai.plugins.models.onevision_video.OnevisionVideo` (a grid per
+    frame)."""
 
     name = "llava-onevision"
     architectures = ("LlavaOnevisionForConditionalGeneration",)
@@ -169,8 +172,10 @@ class LlavaOnevision(LlavaNext):
         ``unpad_image`` keeps), with each high-res grid shrunk as the model shrinks its
         features, by the same bilinear interpolation, so a cell gets the interpolated scores
         of the patches its feature mixes. Untiled: one crop per image, patch ``k`` to cell
-        ``k``.
+        ``k``. A clip: each frame's scores pooled as its features (``video_tokens_to_grids``).
         """
+        if inputs.clips:
+            return self.video_tokens_to_grids(scores, inputs)
         rows, cols = self.patch_grid(inputs.features)
         if not self.tiles_each_image(inputs.features):
             return stack_calls(scores)[:, -rows * cols:].reshape(-1)

@@ -31,6 +31,7 @@ from PIL import Image
 from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.model import ImageGrid, Inputs, Model
+from mmxai.plugins.models.qwen_video import QwenVideo
 from mmxai.plugins.models.tiny import tiny_qwen2_5_vl, tiny_qwen2_vl
 
 
@@ -145,7 +146,8 @@ class QwenLike(Model):
         merger makes of them.
         """
         flat = torch.cat([s.reshape(-1).float() for s in scores])
-        grid_thw = inputs.features["image_grid_thw"].cpu()
+        grid_thw = inputs.features.get("image_grid_thw")  # a clip's patches: video_grid_thw
+        grid_thw = (inputs.features["video_grid_thw"] if grid_thw is None else grid_thw).cpu()
         n_patches = int(grid_thw.prod(dim=-1).sum())
         if flat.numel() != n_patches:
             raise InputError(
@@ -160,8 +162,9 @@ class QwenLike(Model):
         return grid_scores
 
 
-class Qwen2VL(QwenLike):
-    """Qwen2-VL: ``model.model.visual.blocks`` in patch order, then a 2x2 patch merger."""
+class Qwen2VL(QwenVideo, QwenLike):
+    """Qwen2-VL: ``model.model.visual.blocks`` in patch order, then a 2x2 patch merger;
+    video through :class:`~mmxai.plugins.models.qwen_video.QwenVideo`."""
 
     name = "qwen2-vl"
     architectures = ("Qwen2VLForConditionalGeneration",)
@@ -193,6 +196,7 @@ class Qwen2_5_VL(Qwen2VL):
     architectures = ("Qwen2_5_VLForConditionalGeneration",)
     processor_name = "Qwen2_5_VLProcessor"
     config_name = "Qwen2_5_VLConfig"
+    timed_video = True  # second_per_grid_ts: the clip's seconds per temporal patch
 
     def block_order(self, grid_thw: torch.Tensor) -> torch.Tensor:
         vision = self.hf.config.vision_config

@@ -4,6 +4,7 @@ adapter."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,3 +77,26 @@ def token_positions(features: dict[str, Any], token_id: int) -> np.ndarray:
 def stack_calls(scores: Sequence[torch.Tensor]) -> torch.Tensor:
     """One vision layer's per-call scores, (n_i, tokens) each, as one (sum n_i, tokens)."""
     return torch.cat([torch.as_tensor(s).reshape(-1, s.shape[-1]) for s in scores]).float()
+
+
+def checkpoint_video_config(spec: str, revision: str | None = None) -> dict[str, Any] | None:
+    """The checkpoint's video-processor config, where transformers looks for it; None when
+    it has only an image processor's (or cannot be read)."""
+    from transformers.utils import cached_file
+
+    for name, key in (("processor_config.json", "video_processor"),
+                      ("video_preprocessor_config.json", None)):
+        try:
+            path = cached_file(spec, name, revision=revision,
+                               _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False)
+        except Exception:  # no such repo or folder: the image processor's settings
+            path = None
+        if path is None:
+            continue
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        config = config.get(key) if key else config
+        if isinstance(config, dict):
+            return config
+    return None

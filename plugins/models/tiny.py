@@ -206,7 +206,9 @@ def _tiny_qwen(cls: type[M], seed: int, vision_config: dict[str, Any]) -> M:
     adapter's image-only processor (``cls.hf_classes()``) around ``vision_config``."""
     import transformers
 
-    template = CHATML_TEMPLATE.replace("{{ image_markup }}", QWEN_IMAGE_MARKUP)
+    template = CHATML_TEMPLATE.replace("{{ image_markup }}", QWEN_IMAGE_MARKUP).replace(
+        "{% else %}{{ part['text'] }}", "{% elif part['type'] == 'video' %}"
+        "<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ part['text'] }}")
     tokenizer = train_tokenizer(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>",
                                 pad_token="<|endoftext|>", chat_template=template)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}

@@ -1,0 +1,206 @@
+"""LLaVA-OneVision video input, without transformers' video processor.
+
+transformers' ``LlavaOnevisionVideoProcessor`` (like every ``BaseVideoProcessor``) imports
+torchvision, which mmxai must not need. Its documented behaviour is replayed here:
+
+- frames are taken as ``default_sample_indices_fn`` takes them (:func:`sample_indices`):
+  ``frames`` evenly (``arange(n) * total // n``), or ``fps`` frames a second
+  (``n = max(1, int(total / video_fps * fps))``), else every frame: the processor's
+  ``do_sample_frames`` is off by default, so it keeps all the frames it is given;
+- each frame is resized to the video settings' ``size`` (the tower's square, 384 px on the
+  real checkpoints), rescaled and normalised: ``pixel_values_videos`` (1, F, C, H, W). With
+  the image processor's settings (a checkpoint without video settings loads its video
+  processor from ``preprocessor_config.json``) a frame is exactly an image's base view;
+- the chat's ``<video>`` becomes ``F * P * P + 1`` tokens: each frame's ``(S, S)`` patch
+  features pooled bilinearly to ``P = ceil(S / 2)`` (``apply_pooling``), frame after
+  frame, then ONE ``image_newline`` after the whole clip (``get_video_features``), which is
+  no frame's and so no grid's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmxai.errors import InputError, UnsupportedModelError
+from mmxai.model import ImageGrid, Inputs, stack_grids
+from mmxai.plugins.models.shared import checkpoint_video_config, stack_calls, token_positions
+from mmxai.prompt_span import prompt_span
+from mmxai.video import Clip, Video, open_video
+
+#: The rate given to a folder or list of frames when none is asked for: the video
+#: processor has no rate of its own (it takes the frames it is handed).
+FOLDER_FPS = 1.0
+#: Settings a video config sets for its frames (the rest are sampling or bookkeeping).
+PIXEL_KEYS = ("size", "resample", "do_resize", "do_center_crop", "crop_size", "do_rescale",
+              "rescale_factor", "do_normalize", "image_mean", "image_std")
+
+
+def video_processor_defaults() -> dict[str, Any]:
+    """``LlavaOnevisionVideoProcessor``'s class defaults (its module imports torchvision:
+    the values are its source's)."""
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+
+    return {"size": {"height": 384, "width": 384}, "resample": PILImageResampling.BICUBIC,
+            "do_resize": True, "do_center_crop": None, "crop_size": None, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": OPENAI_CLIP_MEAN,
+            "image_std": OPENAI_CLIP_STD}
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """What the video processor does to each frame, and how it samples by default."""
+
+    pixels: dict[str, Any]  # PIXEL_KEYS
+    num_frames: int | None = None  # the default sampling (do_sample_frames): a count ...
+    fps: float | None = None  # ... or a rate; neither: every frame
+
+    @classmethod
+    def read(cls, config: dict[str, Any] | None, image_processor: Any) -> FrameSettings:
+        """From a video-processor config dict, its class defaults where it is silent; None:
+        the image processor's settings (transformers loads the video processor from the
+        image processor's file then)."""
+        if config is None:
+            return cls({k: getattr(image_processor, k, None) for k in PIXEL_KEYS})
+        pixels = {**video_processor_defaults(),
+                  **{k: v for k, v in config.items() if k in PIXEL_KEYS}}
+        if not config.get("do_sample_frames"):
+            return cls(pixels)
+        return cls(pixels, config.get("num_frames"), config.get("fps"))
+
+
+def sample_indices(total: int, video_fps: float | None, fps: float | None,
+                   frames: int | None, what: str = "video") -> np.ndarray:
+    """transformers' ``default_sample_indices_fn``: the (n,) source frames to take of
+    ``total``; a source with no rate (a folder of frames) cannot be sampled by time."""
+    if frames is None and fps is not None and video_fps is not None:
+        frames = max(1, int(total / video_fps * fps))
+    if frames is None:
+        return np.arange(total, dtype=np.int64)
+    if frames > total:
+        raise InputError(f"{what}: {frames} frames asked for, but the clip has {total}")
+    return np.arange(frames, dtype=np.int64) * total // frames
+
+
+def frame_pixels(image_processor: Any, frame: Any, pixels: dict[str, Any]) -> np.ndarray:
+    """One frame as the video processor leaves it, (C, H, W) float32: resize, centre crop,
+    rescale, normalise, with the image processor's PIL operations."""
+    from transformers.image_utils import SizeDict
+
+    def size(value: Any) -> SizeDict:  # a config's dict, or the image processor's SizeDict
+        return value if isinstance(value, SizeDict) else SizeDict(**value)
+
+    array = image_processor.process_image(frame, do_convert_rgb=True)
+    if pixels["do_resize"]:
+        array = image_processor.resize(array, size(pixels["size"]), resample=pixels["resample"])
+    if pixels["do_center_crop"]:
+        array = image_processor.center_crop(array, size(pixels["crop_size"]))
+    if pixels["do_rescale"]:
+        array = image_processor.rescale(array, pixels["rescale_factor"])
+    if pixels["do_normalize"]:
+        array = image_processor.normalize(array, pixels["image_mean"], pixels["image_std"])
+    return np.asarray(array, dtype=np.float32)
+
+
+class OnevisionVideo:
+    """Video for :class:`~mmxai.plugins.models.llava_onevision.LlavaOnevision` (mixed in
+    first): one ``(P, P)`` grid per frame."""
+
+    #: The checkpoint's video-processor config (:func:`checkpoint_video_config`).
+    video_config: dict[str, Any] | None = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any):
+        model = super().from_pretrained(name_or_path, **kwargs)
+        model.video_config = checkpoint_video_config(model.model_id, model.revision)
+        return model
+
+    @property
+    def frame_settings(self) -> FrameSettings:
+        return FrameSettings.read(self.video_config, self.processor.image_processor)
+
+    def pooled_side(self) -> tuple[int, int]:
+        """(S, P): the tower's patches per side, and per side after ``apply_pooling``."""
+        vision = self.hf.config.vision_config
+        side = int(vision.image_size) // int(vision.patch_size)
+        return side, math.ceil(side / 2)
+
+    def video_chat_text(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"},
+                                                 {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+
+    def build_video_inputs(self, video: Video, prompt: str) -> Inputs:
+        """Sample ``video`` as the video processor does and build the model's inputs: one
+        grid per frame (``kind="video"``, ``frame=t``), the clip in ``inputs.clips[0]``."""
+        source = open_video(video)
+        settings = self.frame_settings
+        asked = video.fps is not None or video.frames is not None
+        indices = sample_indices(source.total_frames, source.fps,
+                                 video.fps if asked else settings.fps,
+                                 video.frames if asked else settings.num_frames,
+                                 what=f"video {source.name}")
+        fps = source.fps or video.fps or FOLDER_FPS
+        clip = Clip(source.read(indices.tolist()), indices, fps, source.total_frames,
+                    source.name, [(i,) for i in range(len(indices))])
+        image_processor = self.processor.image_processor
+        frames = np.stack([frame_pixels(image_processor, f, settings.pixels)
+                           for f in clip.frames])
+        side = int(self.hf.config.vision_config.image_size)
+        if frames.shape[-2:] != (side, side):
+            raise UnsupportedModelError(
+                f"{self.model_id}: the video settings make {frames.shape[-1]}x"
+                f"{frames.shape[-2]} frames, but the vision tower pools {side}x{side} ones")
+        features = self.video_text_features(self.video_chat_text(prompt), len(clip.frames))
+        features["pixel_values_videos"] = torch.from_numpy(frames)[None].to(self.device,
+                                                                          self.hf.dtype)
+        grids = stack_grids(self.video_grids(features, len(clip.frames)))
+        with_prompt = self.tokenizer(self.video_chat_text(prompt),
+                                     add_special_tokens=False)["input_ids"]
+        without = self.tokenizer(self.video_chat_text(""), add_special_tokens=False)["input_ids"]
+        positions = prompt_span(features["input_ids"][0].tolist(), with_prompt, without)
+        return Inputs(features, clip.frames[:1], prompt, grids, positions,
+                      dict(self.answer_fill), clips={0: clip})
+
+    def video_text_features(self, text: str, n_frames: int) -> dict[str, Any]:
+        """The chat's token ids with ``<video>`` expanded to every frame's pooled tokens and
+        the newline, as the processor's ``replace_video_token`` does."""
+        token = self.processor.video_token
+        if text.count(token) != 1:
+            raise InputError(f"{self.model_id}: the chat template puts {text.count(token)} "
+                             f"{token} placeholders in a chat with one video, expected 1")
+        pooled = self.pooled_side()[1]
+        n_tokens = n_frames * pooled * pooled + 1
+        encoded = self.tokenizer([text.replace(token, token * n_tokens)], return_tensors="pt")
+        return {k: v.to(self.device) for k, v in encoded.items()}
+
+    def video_token_id(self) -> int:
+        return int(self.hf.config.video_token_id)
+
+    def video_grids(self, features: dict[str, Any], n_frames: int) -> list[ImageGrid]:
+        """One (P, P) grid per frame, each the whole frame (squashed to the tower's square);
+        the last video token is the clip's newline, in no grid."""
+        positions = token_positions(features, self.video_token_id())
+        pooled = self.pooled_side()[1]
+        per_frame = pooled * pooled
+        if len(positions) != n_frames * per_frame + 1:
+            raise InputError(f"{self.model_id}: the prompt has {len(positions)} video tokens "
+                             f"but {n_frames} frames need {n_frames * per_frame + 1}")
+        return [ImageGrid(image=0, positions=positions[k * per_frame:(k + 1) * per_frame],
+                          shape=(pooled, pooled), frame=k, kind="video")
+                for k in range(n_frames)]
+
+    def video_tokens_to_grids(self, scores: list[torch.Tensor], inputs: Inputs) -> torch.Tensor:
+        """(F, [CLS +] S*S) scores of the tower's frames -> the flat map over the frames'
+        grids, each frame's (S, S) scores pooled as the model pools its features (bilinear
+        to (P, P)), so a cell gets the interpolated scores of the patches it mixes."""
+        side, pooled = self.pooled_side()
+        patches = stack_calls(scores)[:, -side * side:].reshape(-1, 1, side, side)
+        cells = F.interpolate(patches, size=[pooled, pooled], mode="bilinear")
+        return cells.reshape(-1)
