@@ -157,6 +157,8 @@ class GradientXInput(_ImageEmbeddingMethod):
     needs = Needs(gradients=True)
     Options = GradientXInputOptions
     citation = cite("shrikumar2016blackbox")
+    # a Grad-CAM's cost, but the default run is at its 3-minute budget without it
+    default_run = False
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         if self.options.engine == "captum":
@@ -239,6 +241,8 @@ class VisionGradientXInput(Method):
     needs = Needs(gradients=True)
     Options = VisionGradientXInputOptions
     citation = cite("shrikumar2016blackbox")
+    # a Grad-CAM's cost, but the default run is at its 3-minute budget without it
+    default_run = False
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         index, layer = vision_layer(trace.model, self.options.layer, self.name)
