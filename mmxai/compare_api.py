@@ -113,9 +113,9 @@ def compare(models: PathLike | Sequence[PathLike] | None = None, dataset: str | 
     a list; None: the bundled benchmark's model. ``dataset``: a registered name; None: the
     bundled benchmark. ``methods``, ``metrics``: names, one, a list, or comma-separated;
     None: every registered one (methods: but the costly ones; ``"all"``: every one, as
-    :func:`mmxai.method.default_methods` reads it). ``labels``: how models are named in the store and tables,
-    ``{model: label}`` (as ``--label MODEL=LABEL``; default: a local folder by its name,
-    never this machine's path). ``options``: each plugin's options by its name, e.g.
+    :func:`mmxai.method.default_methods` reads it). ``labels``: how models are named in the
+    store and tables, ``{model: label}`` (as ``--label MODEL=LABEL``; default: a local
+    folder by its name, never this machine's path). ``options``: each plugin's options by its name, e.g.
     ``deletion={"steps": 16}`` or ``**{"logit-lens": {"layer": -2}}``, read as
     ``--option deletion.steps=16`` is. The other keywords are the command's options of the
     same names (``batch_size`` is ``--batch``; ``chat_template``: a template's text or a
