@@ -109,20 +109,20 @@ def compare(models: PathLike | Sequence[PathLike] | None = None, dataset: str | 
             **options: Mapping[str, Any]) -> Comparison:
     """``mmxai compare`` as a function; see :class:`Comparison` for what it returns.
 
-    ``models``: hub names, folders, bundled names (``testbed``) or ``tiny:<family>``, one or
-    a list; None: the bundled benchmark's model. ``dataset``: a registered name; None: the
-    bundled benchmark. ``methods``, ``metrics``: names, one, a list, or comma-separated;
-    None: every registered one (methods: but the costly ones; ``"all"``: every one, as
+    ``models``: hub names, folders, bundled names (``testbed``) or ``tiny:<family>``, one or a
+    list; None: the bundled benchmark's model. ``dataset``: a registered name; None: the bundled
+    benchmark. ``methods``, ``metrics``: names, one, a list, or comma-separated; None: every
+    registered one (methods: but the costly ones; ``"all"``: every one, as
     :func:`mmxai.method.default_methods` reads it). ``labels``: how models are named in the
-    store and tables, ``{model: label}`` (as ``--label MODEL=LABEL``; default: a local
-    folder by its name, never this machine's path). ``options``: each plugin's options by its name, e.g.
-    ``deletion={"steps": 16}`` or ``**{"logit-lens": {"layer": -2}}``, read as
-    ``--option deletion.steps=16`` is. The other keywords are the command's options of the
-    same names (``batch_size`` is ``--batch``; ``chat_template``: a template's text or a
-    path to a file holding one). ``progress``: rich progress bars on stderr (failures and
-    notes are printed there either way, and kept in the store and the leaderboard).
-    ``device_map`` (``auto``, ``balanced``, ``sequential``) and ``max_memory`` (``{0:
-    "20GiB", "cpu": "60GiB"}``) split each model over devices (docs/scaling.md).
+    store and tables, ``{model: label}`` (as ``--label MODEL=LABEL``; default: a local folder by
+    its name, never this machine's path). ``options``: each plugin's options by its name, e.g.
+    ``deletion={"steps": 16}`` or ``**{"logit-lens": {"layer": -2}}``, read as ``--option
+    deletion.steps=16`` is. The other keywords are the command's options of the same names
+    (``batch_size`` is ``--batch``; ``chat_template``: a template's text or a path to a file
+    holding one). ``progress``: rich progress bars on stderr (failures and notes are printed
+    there either way, and kept in the store and the leaderboard). ``device_map`` (``auto``,
+    ``balanced``, ``sequential``) and ``max_memory`` (``{0: "20GiB", "cpu": "60GiB"}``) split
+    each model over devices (docs/scaling.md).
 
     Everything is checked before any model loads; a mistake is one
     :class:`~mmxai.errors.MMXAIError` line (settings checked by the shared code are named as
