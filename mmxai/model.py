@@ -28,7 +28,7 @@ from PIL import Image
 from mmxai import device_map, hub, loading
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.images import read_image
-from mmxai.prompt_span import prompt_span
+from mmxai.prompt_span import chat_prompt_span
 
 
 @dataclass
@@ -228,10 +228,8 @@ class Model:
         The chat with the prompt and the chat with an empty prompt share a prefix and a
         suffix; what lies between is the prompt. No family's marker ids are needed.
         """
-        tok = self.tokenizer
-        with_prompt = tok(self.chat_text(prompt, n_images), add_special_tokens=False)["input_ids"]
-        without = tok(self.chat_text("", n_images), add_special_tokens=False)["input_ids"]
-        return prompt_span(input_ids.tolist(), with_prompt, without)
+        return chat_prompt_span(self.tokenizer, input_ids.tolist(),
+                                lambda text: self.chat_text(text, n_images), prompt)
 
     # -- batching ----------------------------------------------------------------------
     def pad_token_id(self) -> int:

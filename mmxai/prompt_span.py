@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,3 +31,12 @@ def prompt_span(input_ids: Sequence[int], with_prompt: Sequence[int],
     if n_prompt <= 0 or start < 0 or ids[start:end] != list(with_prompt[prefix:prefix + n_prompt]):
         return np.zeros(0, dtype=np.int64)
     return np.arange(start, end, dtype=np.int64)
+
+
+def chat_prompt_span(tokenizer: Any, input_ids: Sequence[int], chat: Callable[[str], str],
+                     prompt: str) -> np.ndarray:
+    """:func:`prompt_span` of ``prompt`` in ``input_ids``, the two chats templated by
+    ``chat(prompt)`` and ``chat("")`` and tokenised by ``tokenizer``."""
+    with_prompt = tokenizer(chat(prompt), add_special_tokens=False)["input_ids"]
+    without = tokenizer(chat(""), add_special_tokens=False)["input_ids"]
+    return prompt_span(input_ids, with_prompt, without)

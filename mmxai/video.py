@@ -20,6 +20,7 @@ it. Every refusal is one :class:`~mmxai.errors.InputError` line naming the clip.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -55,23 +56,50 @@ class Video:
     frames: int | None = None
 
     def __post_init__(self) -> None:
-        if self.fps is not None and self.frames is not None:
-            raise InputError(f"video {self.name}: give fps or frames, not both (fps samples "
-                             "by time, frames a fixed count)")
-        if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(
-                self.fps, (int, float)) or not math.isfinite(self.fps) or self.fps <= 0):
-            raise InputError(f"video {self.name}: fps {self.fps!r}: expected a number of frames "
-                             "per second above 0")
-        if self.frames is not None and (isinstance(self.frames, bool) or not isinstance(
-                self.frames, int) or self.frames < 1):
-            raise InputError(f"video {self.name}: frames {self.frames!r}: expected a whole "
-                             "number of frames, 1 or more")
+        problem = sampling_problem(self.fps, self.frames)
+        if problem is not None:
+            raise SamplingError(f"video {self.name}: {problem}", self.fps, self.frames)
+        # numpy's and other number types as plain ones: the request is written to JSON
+        if self.fps is not None:
+            object.__setattr__(self, "fps", float(self.fps))
+        if self.frames is not None:
+            object.__setattr__(self, "frames", int(self.frames))
 
     @property
     def name(self) -> str:
         if isinstance(self.source, (str, os.PathLike)):
             return repr(os.fspath(self.source))
         return "<frames>"
+
+
+class SamplingError(InputError):
+    """A :class:`Video`'s ``fps``/``frames`` refused; :meth:`as_flags` says it in the
+    command line's words."""
+
+    def __init__(self, message: str, fps: Any, frames: Any) -> None:
+        super().__init__(message)
+        self.fps, self.frames = fps, frames
+
+    def as_flags(self) -> InputError:
+        return InputError(sampling_problem(self.fps, self.frames, "--{}".format))
+
+
+def sampling_problem(fps: Any, frames: Any, label: Callable[[str], str] = str) -> str | None:
+    """What is wrong with a request's ``fps`` and ``frames`` (``label`` names an option),
+    or None: one rate above 0 or one whole count of 1 or more, not both."""
+    def shown(value: Any) -> str:
+        return str(value) if isinstance(value, numbers.Real) else repr(value)
+
+    if fps is not None and frames is not None:
+        return (f"{label('fps')} and {label('frames')}: give one, not both ({label('fps')} "
+                f"samples by time, {label('frames')} a fixed count)")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real)
+                            or not math.isfinite(fps) or fps <= 0):
+        return f"{label('fps')} {shown(fps)}: expected a number of frames per second above 0"
+    if frames is not None and (isinstance(frames, bool) or not isinstance(
+            frames, numbers.Integral) or frames < 1):
+        return f"{label('frames')} {shown(frames)}: expected a whole number of frames, 1 or more"
+    return None
 
 
 @dataclass
@@ -128,7 +156,7 @@ def open_video(video: Video) -> VideoFile:
             raise InputError("video <frames>: expected a non-empty list of PIL images")
         frames = [read_image(f, f"video frame {i}") for i, f in enumerate(source)]
         return _checked(VideoFile("<frames>", len(frames), None,
-                                  lambda idx: [frames[i] for i in idx]), frames[:1] + frames[-1:])
+                                  lambda idx: [frames[i] for i in idx]), frames)
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"video: expected a path or a list of PIL frames, got "
                          f"{type(source).__name__}")
@@ -139,7 +167,7 @@ def open_video(video: Video) -> VideoFile:
         raise InputError(f"video {video.name}: no such file")
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return _pyav(path, video.name)
-    count = animated_frames(path)
+    count = animated_frames(path, f"video {video.name}")
     if count > 1:
         return _animated(path, video.name, count)
     if count == 1:
@@ -148,16 +176,24 @@ def open_video(video: Video) -> VideoFile:
     return _pyav(path, video.name)  # no image PIL knows: a video container, or refused there
 
 
-def animated_frames(path: Path) -> int:
+def animated_frames(path: Path, what: str | None = None) -> int:
     """How many frames ``path`` holds as an animated GIF/WebP/PNG/TIFF; 1 for another image
-    PIL reads (an MPO's preview frame is no clip), 0 if PIL cannot read it."""
+    PIL reads (an MPO's preview frame is no clip), 0 if PIL cannot read it. An animation
+    whose frames PIL cannot count (a truncated file) is refused, as ``what`` (default: the
+    path): PyAV would read the frames before the cut as the whole clip."""
     try:
-        with Image.open(path) as image:
-            if image.format not in ANIMATED_FORMATS:
-                return 1
-            return int(getattr(image, "n_frames", 1))
+        image = Image.open(path)
     except Exception:  # not an image: a video container, or nothing readable
         return 0
+    with image:
+        if image.format not in ANIMATED_FORMATS:
+            return 1
+        try:
+            return int(getattr(image, "n_frames", 1))
+        except Exception as exc:
+            raise InputError(f"{what or repr(os.fspath(path))}: a {image.format} whose "
+                             f"frames cannot be counted (a truncated file?): "
+                             f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
 
 
 def check_still(image: Image.Image, refuse: Callable[[str], Exception]) -> None:
@@ -182,10 +218,10 @@ def _checked(clip: VideoFile, samples: list[Image.Image]) -> VideoFile:
     if clip.total_frames < 2:
         raise InputError(f"video {clip.name}: {clip.total_frames} frame(s): a clip needs at "
                          "least 2 (explain a single frame as an image)")
-    if len({im.size for im in samples}) > 1:
+    sizes = {im.size for im in samples}
+    if len(sizes) > 1:
         raise InputError(f"video {clip.name}: frames of different sizes "
-                         f"({samples[0].size[0]}x{samples[0].size[1]} and "
-                         f"{samples[-1].size[0]}x{samples[-1].size[1]})")
+                         f"({', '.join(f'{w}x{h}' for w, h in sorted(sizes))})")
     return clip
 
 
@@ -204,10 +240,7 @@ def _folder(path: Path, name: str) -> VideoFile:
     def read(indices: list[int]) -> list[Image.Image]:
         frames = [read_image(files[i], f"video {name}: frame {files[i].name!r}")
                   for i in indices]
-        sizes = {f.size for f in frames}
-        if len(sizes) > 1:
-            raise InputError(f"video {name}: frames of different sizes "
-                             f"({', '.join(f'{w}x{h}' for w, h in sorted(sizes))})")
+        _checked(clip, frames)
         return frames
 
     clip = VideoFile(name, len(files), None, read)
@@ -217,11 +250,15 @@ def _folder(path: Path, name: str) -> VideoFile:
 
 
 def _animated(path: Path, name: str, count: int) -> VideoFile:
-    with Image.open(path) as image:
-        durations = []
-        for i in range(count):
-            image.seek(i)
-            durations.append(float(image.info.get("duration") or 0))
+    durations = []
+    try:
+        with Image.open(path) as image:
+            for i in range(count):
+                image.seek(i)
+                durations.append(float(image.info.get("duration") or 0))
+    except Exception as exc:  # a frame PIL counted but cannot reach (a truncated file)
+        raise InputError(f"video {name}: cannot read frame {len(durations)}: "
+                         f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
     mean = sum(durations) / len(durations)
     fps = 1000.0 / mean if mean > 0 else UNTIMED_FPS
 
@@ -274,9 +311,11 @@ def _pyav(path: Path, name: str) -> VideoFile:
             with av.open(str(path)) as container:
                 for i, frame in enumerate(container.decode(container.streams.video[0])):
                     if i in wanted:
-                        frames[i] = frame.to_image()
+                        frames[i] = upright(frame, name)
                     if i >= indices[-1]:
                         break
+        except InputError:
+            raise
         except Exception as exc:
             raise InputError(f"video {name}: cannot decode it: "
                              f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
@@ -289,10 +328,24 @@ def _pyav(path: Path, name: str) -> VideoFile:
     return _checked(VideoFile(name, total, fps, read), [])
 
 
+def upright(frame: Any, name: str) -> Image.Image:
+    """A decoded PyAV frame as shown: turned by its display matrix (a phone's portrait clip
+    is stored landscape), as ffmpeg's autorotate turns it; images are read upright too."""
+    # PyAV's rotation is the display matrix's counter-clockwise angle (checked against the
+    # QuickTime matrix of a phone's portrait clip: -90, shown turned clockwise); PIL's
+    # rotate is counter-clockwise, and exact for multiples of 90.
+    image, rotation = frame.to_image(), int(frame.rotation or 0)
+    if rotation % 90:
+        raise InputError(f"video {name}: a display rotation of {rotation} degrees: only "
+                         "multiples of 90 are supported")
+    return image.rotate(rotation, expand=True) if rotation % 360 else image
+
+
 def video_argument(paths: Sequence[str | os.PathLike], as_video: bool, fps: float | None,
                    frames: int | None) -> Video | None:
     """The clip ``mmxai explain`` was given (``--video``, a video file ending, or an animated
-    image), or None for images; ``--fps``/``--frames`` checked here, in their names."""
+    image), or None for images; ``--fps``/``--frames`` checked by :class:`Video`, refused
+    in the flags' names."""
     if not (as_video or any(is_video_path(path) for path in paths)):
         if fps is not None or frames is not None:
             raise InputError(f"{'--fps' if fps is not None else '--frames'}: samples a video, "
@@ -301,14 +354,10 @@ def video_argument(paths: Sequence[str | os.PathLike], as_video: bool, fps: floa
     if len(paths) != 1:
         raise InputError(f"a video is explained on its own: got {len(paths)} inputs "
                          f"({', '.join(map(repr, map(str, paths)))})")
-    if fps is not None and frames is not None:
-        raise InputError("--fps and --frames: give one (--fps samples by time, --frames a "
-                         "fixed count)")
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise InputError(f"--fps {fps:g}: expected frames per second above 0")
-    if frames is not None and frames < 1:
-        raise InputError(f"--frames {frames}: expected 1 or more")
-    return Video(os.fspath(paths[0]), fps, frames)
+    try:
+        return Video(os.fspath(paths[0]), fps, frames)
+    except SamplingError as exc:
+        raise exc.as_flags() from None
 
 
 def still_images_only(inputs: Any, what: str) -> None:

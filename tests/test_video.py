@@ -40,12 +40,15 @@ def frames(n: int, seed: int = 0, size: tuple[int, int] = (W, H)) -> list[Image.
             for _ in range(n)]
 
 
-def write_mp4(path, images: list[Image.Image], fps: int) -> None:
+def write_mp4(path, images: list[Image.Image], fps: int, rotation: int = 0) -> None:
+    """``images`` as an MPEG-4 clip; ``rotation``: the display matrix's counter-clockwise
+    angle (PyAV's ``set_display_rotation``), as a phone writes it."""
     import av
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.set_display_rotation(rotation)
         for image in images:
             container.mux(stream.encode(av.VideoFrame.from_image(image)))
         container.mux(stream.encode())
@@ -100,16 +103,37 @@ def test_patch_layout_is_the_video_processors(model):
 def test_sampling_follows_qwens_rule():
     settings = VideoSettings(3136, 25088)  # fps 2, 4 to 768 frames
     at_fps = sample_indices(30, 10.0, settings, 2)  # 3 s at 2 fps: 6 frames
-    assert at_fps.tolist() == torch.arange(0, 30, 5).tolist()
+    assert at_fps.tolist() == [0, 5, 10, 15, 20, 25]
     assert len(sample_indices(30, 10.0, settings, 2, fps=0.1)) == 4  # min_frames
     assert len(sample_indices(5, 10.0, settings, 2)) == 4  # clamped to the clip, even
     assert len(sample_indices(8, None, settings, 2)) == 8  # a folder: every frame
     assert len(sample_indices(8, 25.0, settings, 2, frames=3)) == 4  # rounded to pairs
     with pytest.raises(InputError, match="groups of 2"):
         sample_indices(8, 25.0, settings, 2, frames=1)
-    with pytest.raises(InputError, match="the clip has 8"):
+    with pytest.raises(InputError, match="12 frames asked for, but the clip has 8"):
         sample_indices(8, 25.0, settings, 2, frames=12)
+    with pytest.raises(InputError, match=r"--frames 3 rounds up to 4 \(Qwen takes frames in "
+                                         r"pairs\), but the clip has 3"):
+        sample_indices(3, 25.0, settings, 2, frames=3)
     assert temporal_patches(5, 2) == [(0, 1), (2, 3), (4, 4)]
+
+
+def test_qwen_sampling_takes_n_frames_inside_the_clip():
+    """``arange(0, total, total / n)`` in float32 can step once more, onto frame ``total``:
+    every length and rate gives exactly n ascending frames of the clip."""
+    settings = VideoSettings(3136, 25088)  # fps 2, 4 to 768 frames
+    # 367 frames at 24 fps: 15.3 s at 2 fps is 30 frames (float32 steps make 31, the last 367)
+    assert len(sample_indices(367, 24.0, settings, 2)) == 30
+    assert sample_indices(17, None, settings, 2, frames=14).tolist() == \
+        [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15]  # 15 of them, the last 17
+    for total in range(2, 241):
+        for n in range(2, total + 1, 2):
+            taken = sample_indices(total, None, settings, 2, frames=n)
+            assert len(taken) == n and taken.max() < total, (total, n)
+            assert bool((taken.diff() > 0).all()), (total, n)
+        for rate in (23.976, 24.0, 25.0, 29.97, 30.0, 60.0):
+            taken = sample_indices(total, rate, settings, 2)
+            assert len(taken) % 2 == 0 and taken.max() < total, (total, rate)
 
 
 # -- grids -----------------------------------------------------------------------------------
@@ -142,17 +166,17 @@ def test_grid_per_temporal_patch_matches_video_grid_thw(model, kind, tmp_path):
     assert inputs.features["pixel_values_videos"].shape[0] == t * h * w
     clip_read = inputs.clips[0]
     assert clip_read.patches == temporal_patches(len(clip_read.frames), 2)
-    assert clip_read.indices.tolist() == (torch.arange(0, 7, 7 / 6).int().tolist() if timed
-                                          else list(range(7)))
+    assert clip_read.indices.tolist() == ([0, 1, 2, 3, 4, 5] if timed else list(range(7)))
     if kind in ("folder", "pil"):  # lossless sources: the sampled frames themselves
         assert all(np.array_equal(np.asarray(a), np.asarray(clip[i]))
                    for a, i in zip(clip_read.frames, clip_read.indices, strict=True))
     assert inputs.images[0] is clip_read.frames[0]
     words = model.tokenizer.decode(inputs.input_ids[inputs.prompt_positions])
     assert words == PROMPT
-    if model.timed_video:  # Qwen2.5-VL: seconds per temporal patch
+    if model.timed_video:  # Qwen2.5-VL: seconds per temporal patch of 2 sampled frames
+        # a file: 6 of 7 frames at 4 fps, 2 / (6 / 7 * 4); frames as given: all at 2 fps
         assert inputs.features["second_per_grid_ts"].tolist() == \
-            pytest.approx([2 / clip_read.sampled_fps])
+            pytest.approx([0.5833333 if timed else 1.0])
     else:
         assert "second_per_grid_ts" not in inputs.features
     with torch.no_grad():
@@ -193,7 +217,8 @@ def test_window_order_of_a_clip_is_the_towers(tiny_model):
 
 # -- methods ---------------------------------------------------------------------------------
 WORKING = ["logit-lens", "tam", "arc", "attention", "rollout", "gradcam", "cp-lrp", "attnlrp"]
-REFUSED = {"msea": "MSEA rescales still images", "occlusion": "video",
+REFUSED = {"msea": "MSEA rescales still images",
+           "occlusion": "one still image; this sample is a video (docs/video.md)",
            "eagle": "swapping pixels works on still images"}
 
 
@@ -250,17 +275,95 @@ def test_unreadable_clips_are_one_line(tmp_path, monkeypatch):
         open_video(Video(tmp_path / "junk.mp4"))
 
 
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_a_rotated_clip_is_read_upright(rotation, tmp_path):
+    """A phone's clip is stored sideways with a display matrix; it is read turned as shown
+    (ffmpeg's autorotate): the matrix's angle counter-clockwise, as images follow EXIF."""
+    stored = np.zeros((H, W, 3), np.uint8)
+    stored[:16, :28] = 255  # a white block in the top-left corner, on a wide frame
+    write_mp4(tmp_path / "phone.mp4", [Image.fromarray(stored)] * 3, fps=4, rotation=rotation)
+    read = np.asarray(open_video(Video(tmp_path / "phone.mp4")).read([0, 2])[1], np.float32)
+    shown = np.rot90(stored, k=rotation // 90).astype(np.float32)  # counter-clockwise
+    assert read.shape == shown.shape
+    assert np.abs(read - shown).mean() < 8  # lossy MPEG-4, against 255 on a wrong turn
+    assert np.abs(read - np.rot90(shown, k=2)).mean() > 40  # not turned the other way
+
+
+def test_frames_of_different_sizes_are_refused_wherever_they_are():
+    clip = frames(3) + frames(1, size=(56, 56)) + frames(3)  # one odd frame in the middle
+    with pytest.raises(InputError, match=r"video <frames>: frames of different sizes "
+                                         r"\(56x56, 84x56\)"):
+        open_video(Video(clip))
+
+
+def test_a_truncated_animation_is_refused(tmp_path):
+    """A GIF cut where PIL cannot count its frames is refused, not handed to PyAV (which
+    reads the frames before the cut as the whole clip)."""
+    write_gif(tmp_path / "whole.gif", frames(5))
+    data = (tmp_path / "whole.gif").read_bytes()
+    cut = tmp_path / "cut.gif"
+    for end in range(len(data) // 5, len(data)):
+        cut.write_bytes(data[:end])
+        try:
+            with Image.open(cut) as image:
+                assert image.n_frames >= 1
+        except Exception:
+            break
+    else:
+        pytest.fail("no cut of the GIF makes PIL fail to count its frames")
+    with pytest.raises(InputError, match=r"video '.*cut.gif': a GIF whose frames cannot be "
+                                         r"counted \(a truncated file\?\)") as info:
+        open_video(Video(cut))
+    assert "\n" not in str(info.value)
+
+
 def test_options_and_mixing_are_refused(tmp_path):
     with pytest.raises(InputError, match="not both"):
         Video("x.mp4", fps=2.0, frames=4)
     with pytest.raises(InputError, match="above 0"):
         Video("x.mp4", fps=-1.0)
+    for bad in (True, 2.5, "8", 0):
+        with pytest.raises(InputError, match="expected a whole number of frames"):
+            Video("x.mp4", frames=bad)
+    numpy = Video("x.mp4", frames=np.int64(8))  # any whole number type, kept as an int
+    assert numpy == Video("x.mp4", frames=8) and type(numpy.frames) is int
+    assert type(Video("x.mp4", fps=np.float32(2)).fps) is float
+    # the command line's options are checked by Video, and named as the flags
+    with pytest.raises(InputError, match=r"^--fps and --frames: give one, not both"):
+        video_argument(["a.mp4"], False, 2.0, 4)
+    with pytest.raises(InputError, match=r"^--fps -1.0: expected a number of frames per "
+                                         r"second above 0$"):
+        video_argument(["a.mp4"], False, -1.0, None)
+    with pytest.raises(InputError, match=r"^--frames 0: expected a whole number"):
+        video_argument(["a.mp4"], False, None, 0)
     with pytest.raises(InputError, match="--fps: samples a video"):
         video_argument(["a.png"], False, 2.0, None)
     with pytest.raises(InputError, match="on its own: got 2 inputs"):
         video_argument(["a.mp4", "b.png"], False, None, None)
     assert video_argument(["a.png"], False, None, None) is None
     assert video_argument([str(tmp_path)], True, 3.0, None) == Video(str(tmp_path), 3.0)
+
+
+def test_a_clip_past_the_context_is_refused_before_generating(model, monkeypatch):
+    """4 frames of 84x56 are 12 video tokens (2 patches of 2x3); a context the chat does
+    not fit is one line naming the count and the options that sample fewer frames."""
+    clip = Video(frames(4, seed=11))
+    length = model.build_video_inputs(clip, PROMPT).input_ids.shape[0]
+    monkeypatch.setattr(model.hf.config.get_text_config(), "max_position_embeddings", length)
+    with pytest.raises(InputError, match=r"video <frames>: 4 frames take 12 video tokens "
+                                         rf"\({length} with the chat\), past .*context of "
+                                         rf"{length} .*\(--frames N or --fps F\)$"):
+        model.build_video_inputs(clip, PROMPT)
+    monkeypatch.setattr(model.hf.config.get_text_config(), "max_position_embeddings",
+                        length + 1)  # room for one new token
+    assert model.build_video_inputs(clip, PROMPT).input_ids.shape[0] == length
+
+
+def test_qwen_video_size_without_pixel_bounds_is_one_line():
+    with pytest.raises(UnsupportedModelError, match=r"^ckpt: its video processor size "
+                                                    r"\{'height': 224, 'width': 224\} has no "
+                                                    "shortest_edge and longest_edge"):
+        VideoSettings.read({"size": {"height": 224, "width": 224}}, None, "ckpt")
 
 
 def test_video_to_a_family_without_video_is_one_line(tiny_model):
@@ -389,6 +492,15 @@ def test_onevision_sampling_is_transformers_default():
     assert ov_sample_indices(5, None, 2.0, None).tolist() == list(range(5))  # a folder
     with pytest.raises(InputError, match="6 frames asked for, but the clip has 5"):
         ov_sample_indices(5, 8.0, None, 6)
+
+
+def test_onevision_clip_past_the_context_is_refused(onevision, monkeypatch):
+    clip = Video(frames(3, seed=12))
+    length = onevision.build_video_inputs(clip, PROMPT).input_ids.shape[0]
+    monkeypatch.setattr(onevision.hf.config.get_text_config(), "max_position_embeddings",
+                        length - 1)
+    with pytest.raises(InputError, match=r"3 frames take \d+ video tokens .*--frames N"):
+        onevision.build_video_inputs(clip, PROMPT)
 
 
 def test_onevision_video_settings(tiny_dir, tmp_path):

@@ -73,6 +73,21 @@ def test_clip_map_paints_each_patch_s_own_grid(explanations):
     assert not all(np.array_equal(blocks[0], b) for b in blocks[1:])  # the patches differ
 
 
+def test_image_map_of_a_clip_needs_its_patch(explanations):
+    """Explanation.image_map paints a clip's map on the patch asked for, and refuses to
+    pick patch 0 for a caller who named none."""
+    trace, clip = _clip(explanations)
+    tam = explanations["tam"]
+    with pytest.raises(InputError, match=r"^image_map: image 0 is a video; give frame=t"):
+        tam.image_map(1)
+    painted = [tam.image_map(1, size=(28, 42), frame=t) for t in range(len(trace.grids))]
+    for t, grid in enumerate(trace.grids):  # patch t's own grid, over the whole frame
+        np.testing.assert_array_equal(painted[t], to_image(tam.maps[1], [grid], 0, (28, 42),
+                                                           frame=t))
+    assert not np.array_equal(painted[0], painted[1])
+    assert tam.image_map(1, frame=2).shape == (56, 84)  # the frame's own size
+
+
 def test_one_png_per_token_per_patch_over_the_patch_s_first_frame(explanations, tmp_path):
     trace, clip = _clip(explanations)
     tam = explanations["tam"]

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from mmxai.errors import InputError, UnsupportedModelError
-from mmxai.model import ImageGrid, Inputs, stack_grids
-from mmxai.plugins.models.shared import checkpoint_video_config, stack_calls, token_positions
-from mmxai.prompt_span import prompt_span
+from mmxai.model import ImageGrid, Inputs
+from mmxai.plugins.models.shared import stack_calls
+from mmxai.plugins.models.video_base import VideoInput
 from mmxai.video import Clip, Video, open_video
 
 #: The rate given to a folder or list of frames when none is asked for: the video
@@ -107,18 +107,9 @@ def frame_pixels(image_processor: Any, frame: Any, pixels: dict[str, Any]) -> np
     return np.asarray(array, dtype=np.float32)
 
 
-class OnevisionVideo:
+class OnevisionVideo(VideoInput):
     """Video for :class:`~mmxai.plugins.models.llava_onevision.LlavaOnevision` (mixed in
     first): one ``(P, P)`` grid per frame."""
-
-    #: The checkpoint's video-processor config (:func:`checkpoint_video_config`).
-    video_config: dict[str, Any] | None = None
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any):
-        model = super().from_pretrained(name_or_path, **kwargs)
-        model.video_config = checkpoint_video_config(model.model_id, model.revision)
-        return model
 
     @property
     def frame_settings(self) -> FrameSettings:
@@ -129,12 +120,6 @@ class OnevisionVideo:
         vision = self.hf.config.vision_config
         side = int(vision.image_size) // int(vision.patch_size)
         return side, math.ceil(side / 2)
-
-    def video_chat_text(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "video"},
-                                                 {"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
 
     def build_video_inputs(self, video: Video, prompt: str) -> Inputs:
         """Sample ``video`` as the video processor does and build the model's inputs: one
@@ -157,44 +142,25 @@ class OnevisionVideo:
             raise UnsupportedModelError(
                 f"{self.model_id}: the video settings make {frames.shape[-1]}x"
                 f"{frames.shape[-2]} frames, but the vision tower pools {side}x{side} ones")
-        features = self.video_text_features(self.video_chat_text(prompt), len(clip.frames))
+        features = self.video_text_features(prompt, clip, len(clip.frames))
         features["pixel_values_videos"] = torch.from_numpy(frames)[None].to(self.device,
                                                                           self.hf.dtype)
-        grids = stack_grids(self.video_grids(features, len(clip.frames)))
-        with_prompt = self.tokenizer(self.video_chat_text(prompt),
-                                     add_special_tokens=False)["input_ids"]
-        without = self.tokenizer(self.video_chat_text(""), add_special_tokens=False)["input_ids"]
-        positions = prompt_span(features["input_ids"][0].tolist(), with_prompt, without)
-        return Inputs(features, clip.frames[:1], prompt, grids, positions,
-                      dict(self.answer_fill), clips={0: clip})
+        return self.video_inputs(features, prompt, clip, len(clip.frames))
 
-    def video_text_features(self, text: str, n_frames: int) -> dict[str, Any]:
-        """The chat's token ids with ``<video>`` expanded to every frame's pooled tokens and
-        the newline, as the processor's ``replace_video_token`` does."""
-        token = self.processor.video_token
-        if text.count(token) != 1:
-            raise InputError(f"{self.model_id}: the chat template puts {text.count(token)} "
-                             f"{token} placeholders in a chat with one video, expected 1")
+    def n_video_tokens(self, layout: int) -> int:
+        """``layout`` frames' pooled tokens and the clip's newline, as the processor's
+        ``replace_video_token`` expands ``<video>``."""
         pooled = self.pooled_side()[1]
-        n_tokens = n_frames * pooled * pooled + 1
-        encoded = self.tokenizer([text.replace(token, token * n_tokens)], return_tensors="pt")
-        return {k: v.to(self.device) for k, v in encoded.items()}
+        return layout * pooled * pooled + 1
 
-    def video_token_id(self) -> int:
-        return int(self.hf.config.video_token_id)
-
-    def video_grids(self, features: dict[str, Any], n_frames: int) -> list[ImageGrid]:
+    def video_grids(self, positions: np.ndarray, layout: int) -> list[ImageGrid]:
         """One (P, P) grid per frame, each the whole frame (squashed to the tower's square);
         the last video token is the clip's newline, in no grid."""
-        positions = token_positions(features, self.video_token_id())
         pooled = self.pooled_side()[1]
         per_frame = pooled * pooled
-        if len(positions) != n_frames * per_frame + 1:
-            raise InputError(f"{self.model_id}: the prompt has {len(positions)} video tokens "
-                             f"but {n_frames} frames need {n_frames * per_frame + 1}")
         return [ImageGrid(image=0, positions=positions[k * per_frame:(k + 1) * per_frame],
                           shape=(pooled, pooled), frame=k, kind="video")
-                for k in range(n_frames)]
+                for k in range(layout)]
 
     def video_tokens_to_grids(self, scores: list[torch.Tensor], inputs: Inputs) -> torch.Tensor:
         """(F, [CLS +] S*S) scores of the tower's frames -> the flat map over the frames'

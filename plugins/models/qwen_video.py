@@ -6,7 +6,7 @@ torchvision, which mmxai must not need. Its documented behaviour is replayed her
 - frames are sampled by ``sample_frames``'s rule (:func:`sample_indices`): ``frames`` rounded
   to a multiple of ``temporal_patch_size``, or ``fps`` frames a second clamped to
   ``[min_frames, max_frames]`` and the clip's length, floored to that multiple, picked by
-  ``arange(0, total, total / n)``;
+  ``arange(0, total, total / n)[:n]`` (its float32 steps can give one more);
 - each frame is smart-resized, rescaled and normalised by the checkpoint's own image
   processor (the frame sizes and mean/std of its video settings), so a clip of two copies
   of an image gives exactly that image's ``pixel_values`` (Qwen takes an image as two
@@ -33,14 +33,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mmxai.errors import InputError
-from mmxai.model import ImageGrid, Inputs, stack_grids
-from mmxai.plugins.models.shared import (
-    checkpoint_video_config,
-    size_value,
-    token_positions,
-)
-from mmxai.prompt_span import prompt_span
+from mmxai.errors import InputError, UnsupportedModelError
+from mmxai.model import ImageGrid, Inputs
+from mmxai.plugins.models.shared import size_value
+from mmxai.plugins.models.video_base import VideoInput
 from mmxai.video import Clip, Video, open_video
 
 #: Qwen2VLVideoProcessor's defaults, used where a video config leaves a key out.
@@ -65,19 +61,38 @@ class VideoSettings:
     pixels: tuple[tuple[str, Any], ...] = ()  # PIXEL_KEYS overrides for the image processor
 
     @classmethod
-    def read(cls, config: dict[str, Any] | None, image_processor: Any) -> VideoSettings:
-        """From a video-processor config dict; None: the image processor's sizes."""
+    def read(cls, config: dict[str, Any] | None, image_processor: Any,
+             name: str = "the checkpoint") -> VideoSettings:
+        """From a video-processor config dict; None: the image processor's sizes. A size
+        without pixel bounds is one line naming ``name`` (the checkpoint) and the size."""
         if config is None:
             size = image_processor.size
-            return cls(size_value(size, "shortest_edge"), size_value(size, "longest_edge"))
-        size = dict(config.get("size") or DEFAULT_SIZE)
-        short = config.get("min_pixels") or size.get("shortest_edge")
-        long = config.get("max_pixels") or size.get("longest_edge")
+            short, long = size_value(size, "shortest_edge"), size_value(size, "longest_edge")
+            where = "image processor"
+        else:
+            size = config.get("size") or DEFAULT_SIZE
+            short = config.get("min_pixels") or size_value(size, "shortest_edge")
+            long = config.get("max_pixels") or size_value(size, "longest_edge")
+            where = "video processor"
+        if short is None or long is None:
+            raise UnsupportedModelError(
+                f"{name}: its {where} size {size_text(size)} has no shortest_edge and "
+                "longest_edge (pixel bounds), which Qwen's frames are resized within")
+        if config is None:
+            return cls(short, long)
         pixels = tuple((k, tuple(v) if isinstance(v, list) else v)
                        for k, v in config.items() if k in PIXEL_KEYS)
         return cls(int(short), int(long), float(config.get("fps") or DEFAULT_FPS),
                    int(config.get("min_frames") or DEFAULT_MIN_FRAMES),
                    int(config.get("max_frames") or DEFAULT_MAX_FRAMES), pixels)
+
+
+def size_text(size: Any) -> str:
+    """A size setting as a config writes it (transformers' SizeDict as the dict it holds)."""
+    try:
+        return repr(dict(size))
+    except (TypeError, ValueError):  # a number or a list: not a dict at all
+        return repr(size)
 
 
 def sample_indices(total: int, video_fps: float | None, settings: VideoSettings,
@@ -101,9 +116,14 @@ def sample_indices(total: int, video_fps: float | None, settings: VideoSettings,
         most = math.floor(min(settings.max_frames, total) / tps) * tps
         n = min(max(total / video_fps * fps, settings.min_frames), most, total)
         n = math.floor(n / tps) * tps
-    if n > total:
-        raise InputError(f"{what}: {n} frames asked for, but the clip has {total}")
-    return torch.arange(0, total, total / n).int().long()
+    if frames is not None and n > total:  # by fps, n is at most the clip's length
+        if frames > total:
+            raise InputError(f"{what}: {frames} frames asked for, but the clip has {total}")
+        groups = "in pairs" if tps == 2 else f"in groups of {tps}"
+        raise InputError(f"{what}: --frames {frames} rounds up to {n} (Qwen takes frames "
+                         f"{groups}), but the clip has {total}")
+    # float32 steps can land one past n (24 fps, 367 frames: 31 for 30, the last == total)
+    return torch.arange(0, total, total / n).int().long()[:n]
 
 
 def temporal_patches(n_frames: int, tps: int) -> list[tuple[int, ...]]:
@@ -136,29 +156,17 @@ def video_pixels(image_processor: Any, frames: list, size: dict[str, int],
     return pixel_values, torch.tensor([[t, grid[1], grid[2]]])
 
 
-class QwenVideo:
-    """Video for a :class:`~mmxai.plugins.models.qwen2_vl.QwenLike` adapter (mixed in first)."""
+class QwenVideo(VideoInput):
+    """Video for a :class:`~mmxai.plugins.models.qwen2_vl.QwenLike` adapter (mixed in first):
+    one grid per temporal patch."""
 
     #: Whether the model reads the clip's time step (Qwen2.5-VL's ``second_per_grid_ts``).
     timed_video: ClassVar[bool] = False
-    #: The checkpoint's video-processor config (:func:`checkpoint_video_config`).
-    video_config: dict[str, Any] | None = None
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any):
-        model = super().from_pretrained(name_or_path, **kwargs)
-        model.video_config = checkpoint_video_config(model.model_id, model.revision)
-        return model
 
     @property
     def video_settings(self) -> VideoSettings:
-        return VideoSettings.read(self.video_config, self.processor.image_processor)
-
-    def video_chat_text(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "video"},
-                                                 {"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
+        return VideoSettings.read(self.video_config, self.processor.image_processor,
+                                  self.model_id)
 
     def build_video_inputs(self, video: Video, prompt: str) -> Inputs:
         """Sample ``video`` by Qwen's rule and build the model's inputs: one grid per
@@ -177,46 +185,29 @@ class QwenVideo:
         size = {"shortest_edge": min(settings.shortest_edge, longest), "longest_edge": longest}
         pixel_values, grid_thw = video_pixels(image_processor, clip.frames, size,
                                               dict(settings.pixels))
-        features = self.video_text_features(self.video_chat_text(prompt), grid_thw)
+        features = self.video_text_features(prompt, clip, grid_thw)
         features["pixel_values_videos"] = pixel_values.to(self.device, self.hf.dtype)
         features["video_grid_thw"] = grid_thw.to(self.device)
         if self.timed_video:
             features["second_per_grid_ts"] = torch.tensor([tps / clip.sampled_fps],
                                                           device=self.device)
-        grids = stack_grids(self.video_grids(features, grid_thw))
-        with_prompt = self.tokenizer(self.video_chat_text(prompt),
-                                     add_special_tokens=False)["input_ids"]
-        without = self.tokenizer(self.video_chat_text(""), add_special_tokens=False)["input_ids"]
-        positions = prompt_span(features["input_ids"][0].tolist(), with_prompt, without)
-        return Inputs(features, clip.frames[:1], prompt, grids, positions,
-                      dict(self.answer_fill), clips={0: clip})
+        return self.video_inputs(features, prompt, clip, grid_thw)
 
-    def video_text_features(self, text: str, grid_thw: torch.Tensor) -> dict[str, Any]:
-        """The chat's token ids with its video placeholder expanded, as the processor does."""
-        token = self.processor.video_token
-        if text.count(token) != 1:
-            raise InputError(f"{self.model_id}: the chat template puts {text.count(token)} "
-                             f"{token} placeholders in a chat with one video, expected 1")
-        n_tokens = int(grid_thw.prod()) // self.merge_size ** 2
-        encoded = self.tokenizer([text.replace(token, token * n_tokens)], return_tensors="pt")
-        features = {k: v.to(self.device) for k, v in encoded.items()}
+    def video_text_features(self, prompt: str, clip: Clip, layout: Any) -> dict[str, Any]:
+        features = super().video_text_features(prompt, clip, layout)
         if "mm_token_type_ids" in inspect.signature(self.hf.forward).parameters:
             ids = features["input_ids"]  # 1: image, 2: video, as create_mm_token_type_ids
             features["mm_token_type_ids"] = ((ids == self.image_token_id()).long()
                                              + 2 * (ids == self.video_token_id()).long())
         return features
 
-    def video_token_id(self) -> int:
-        return int(self.hf.config.video_token_id)
+    def n_video_tokens(self, layout: torch.Tensor) -> int:
+        """``video_grid_thw`` (1, 3): t * h * w patches, merged m x m."""
+        return int(layout.prod()) // self.merge_size ** 2
 
-    def video_grids(self, features: dict[str, Any], grid_thw: torch.Tensor) -> list[ImageGrid]:
+    def video_grids(self, positions: np.ndarray, layout: torch.Tensor) -> list[ImageGrid]:
         """One (h/m, w/m) grid per temporal patch, each the whole frame."""
-        positions = token_positions(features, self.video_token_id())
-        t, h, w = (int(v) for v in grid_thw[0])
-        m = self.merge_size
-        rows, cols = h // m, w // m
-        if len(positions) != t * rows * cols:
-            raise InputError(f"{self.model_id}: the prompt has {len(positions)} video tokens "
-                             f"but video_grid_thw describes {t * rows * cols}")
+        t, h, w = (int(v) for v in layout[0])
+        rows, cols = h // self.merge_size, w // self.merge_size
         return [ImageGrid(image=0, positions=positions[k * rows * cols:(k + 1) * rows * cols],
                           shape=(rows, cols), frame=k, kind="video") for k in range(t)]
