@@ -387,16 +387,21 @@ class Steps:
     def compare(self) -> Row:
         """One ``mmxai compare`` subprocess on the synthetic benchmark; its wall time. Its
         results folder is temporary (the GPU machine returns only a few files from
-        ``out``): its log and leaderboard are copied to ``out``."""
+        ``out``): its log (which names the mmxai it ran: ``mmxai from ...``) and leaderboard
+        are copied to ``out``."""
         setup, out = self.setup, self.out
         with tempfile.TemporaryDirectory(prefix="gpu-check-compare-") as folder:
             command = [sys.executable, "-c",
-                       "import sys; from mmxai.cli import main; sys.exit(main())",
+                       "import sys, mmxai; from mmxai.cli import main; "
+                       "print('mmxai from', mmxai.__file__, file=sys.stderr); sys.exit(main())",
                        "compare", "--dataset", "synthetic16", "--device", setup.device,
                        "--limit", str(setup.compare_limit), "--out", folder, "--no-progress"]
             start = time.perf_counter()
-            # the step's time guard interrupts the wait; subprocess.run then kills the child
-            done = subprocess.run(command, capture_output=True, text=True)
+            # the step's time guard interrupts the wait; subprocess.run then kills the child.
+            # Not from the repository root: `python -c` puts the working folder first on
+            # sys.path, where the checkout's bare mmxai/ (no mmxai.testbed) would shadow the
+            # installed copy.
+            done = subprocess.run(command, capture_output=True, text=True, cwd=folder)
             wall = time.perf_counter() - start
             (out / "compare.log").write_text(done.stdout + done.stderr, encoding="utf-8")
             leaderboard = Path(folder) / "leaderboard.md"

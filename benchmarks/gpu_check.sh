@@ -7,18 +7,22 @@
 #   bash benchmarks/gpu_check.sh --dry-run --out DIR              # the same steps on a CPU
 #
 # On the project's GPU machine (python3 3.12 with torch, transformers, accelerate,
-# scikit-image, rich, pluggy, setuptools; no captum, no pycocotools, no registry, no hub),
-# from the repository root, through the device tool's `run`:
+# scikit-image, rich, pluggy; no captum, no pycocotools, no registry, no hub, and a
+# setuptools of unknown version, maybe none): build mmxai's wheel here first, into .whl
+# (ignored by git; build it again after every change: the wheel is what runs there), then
+# from the repository root, through the device tool's `run` with carry [".whl"]:
 #
-#   bash benchmarks/gpu_check.sh --out "$OUT"
+#   pip wheel --no-deps -w .whl .                 # here (pyproject needs setuptools>=77)
+#   bash benchmarks/gpu_check.sh --out "$OUT"     # there
 #
 # When the chosen python cannot import mmxai with its plugins (entry points), this script
 # installs into a folder of its own (MMXAI_SITE, default /tmp/mmxai-site), put on
 # PYTHONPATH, without dependencies and fetching nothing: the wheels in WHEELS (default
-# .whl, the folder the device tool carries wheels in, e.g. captum's), then, unless one of
-# them was mmxai's, this checkout, built with the machine's own setuptools
-# (--no-build-isolation). Should that setuptools be too old for pyproject.toml, build the
-# wheel here first (`pip wheel --no-deps -w .whl .`) and carry .whl.
+# .whl: mmxai's, and any the GPU machine lacks, e.g. captum's), then, only if none of them
+# was mmxai's, this checkout, built with the machine's own setuptools
+# (--no-build-isolation). GPU_CHECK_INSTALL=1 installs so even when the python imports
+# mmxai already (the tests: an editable install would hide a step that imports the
+# checkout's bare mmxai/ folder instead of the installed package).
 # Without captum the methods that call it are rows marked "unavailable" (gradcam's default
 # engine needs none); pycocotools only the COCO reader imports: no step needs it.
 #
@@ -28,17 +32,19 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 # mmxai as installed, not the checkout's folder: from the repository root the bare mmxai/
-# would import, without mmxai.methods and mmxai.plugins
+# would import, without mmxai.methods and mmxai.plugins. $1: the folder it must come from.
 installed() {
-    (cd / && "$PYTHON" - <<'EOF' 2>/dev/null)
+    (cd / && "$PYTHON" - "${1:-}" <<'EOF' 2>/dev/null)
 import importlib.metadata as metadata
+import sys
 import mmxai.methods.tam
+assert mmxai.__file__.startswith(sys.argv[1])
 assert any(ep.value.startswith("mmxai.methods") for ep in metadata.entry_points(group="mmxai"))
 EOF
 }
 
-if ! installed; then
-    site=${MMXAI_SITE:-/tmp/mmxai-site}
+if [[ ${GPU_CHECK_INSTALL:-} == 1 ]] || ! installed; then
+    site=$(realpath -m "${MMXAI_SITE:-/tmp/mmxai-site}")  # absolute: the steps change folder
     pip=("$PYTHON" -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target "$site")
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     shopt -s nullglob
@@ -47,11 +53,17 @@ if ! installed; then
         echo "gpu_check: installing ${wheels[*]} into $site" >&2
         "${pip[@]}" "${wheels[@]}"
     fi
-    if ! installed; then
+    if ! installed "$site"; then
         echo "gpu_check: installing this checkout into $site (nothing fetched)" >&2
-        "${pip[@]}" --no-build-isolation .
+        "${pip[@]}" --no-build-isolation . || {
+            echo "gpu_check: this python cannot build mmxai (pyproject.toml needs" \
+                 "setuptools>=77): run 'pip wheel --no-deps -w .whl .' where it can, and" \
+                 "carry .whl" >&2
+            exit 1
+        }
     fi
-    installed || { echo "gpu_check: mmxai is still not importable from $site" >&2; exit 1; }
+    installed "$site" || { echo "gpu_check: mmxai is still not importable from $site" >&2
+                           exit 1; }
 fi
 
 exec "$PYTHON" benchmarks/gpu_check.py "$@"

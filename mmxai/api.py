@@ -21,7 +21,7 @@ from PIL import Image
 
 from mmxai import hub, loading
 from mmxai import maps as mapsmod
-from mmxai.device_map import split_kwargs
+from mmxai.device_map import placement
 from mmxai.errors import InputError, MMXAIError, UnsupportedModelError
 from mmxai.images import read_image
 from mmxai.method import InvalidMapsError, Method, default_methods, token_indices
@@ -57,12 +57,12 @@ class Explanation:
         return mapsmod.split(self.maps[i], self.trace.grids)
 
     def image_map(self, i: int, image: int = 0, size: tuple[int, int] | None = None,
-                  frame: int | None = 0) -> np.ndarray:
-        """The ``i``-th explained token's map in the frame of the original image (H, W)."""
-        if size is None:
-            width, height = self.trace.inputs.images[image].size
-            size = (height, width)
-        return mapsmod.to_image(self.maps[i], self.trace.grids, image, size, frame)
+                  frame: int | None = None) -> np.ndarray:
+        """Token ``i``'s (H, W) map on image ``image``; a clip's on temporal patch ``frame``."""
+        if frame is None and image in self.trace.inputs.clips:  # never silently patch 0
+            raise InputError(f"image_map: image {image} is a video; give frame=t (temporal patch)")
+        size = size or self.trace.inputs.images[image].size[::-1]  # (height, width)
+        return mapsmod.to_image(self.maps[i], self.trace.grids, image, size, frame or 0)
 
     @property
     def text(self) -> str:
@@ -316,7 +316,7 @@ def open_pretrained(spec: Any, *, chat_template: Any = None, min_pixels: int | N
     under it."""
     chat_template = loading.chat_template_text(chat_template)  # before the hub is asked
     budget = pixel_bounds(min_pixels, max_pixels)  # before the (slow) load, as far as it can
-    kwargs.update(split_kwargs(device_map, max_memory, kwargs.get("device")))
+    kwargs.update(placement(device_map, max_memory, kwargs.get("device"), cli=False))
     source = hub.resolve(spec)
     if source.note is not None:
         warnings.warn(source.note, loading.LoadNote, stacklevel=2)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,27 +57,31 @@ def check_device_map(value: Any, option: str = "--device-map") -> str | dict[str
     if isinstance(value, str) and value in DEVICE_MAPS:
         return value
     if isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
-        return {name: _map_device(device, f"{option}[{name!r}]")
+        return {name: _device(device, f"{option}[{name!r}]")
                 for name, device in value.items()}
     shown = " ".join(repr(value).split())[:60]
     raise InputError(f"{option} {shown}: expected {', '.join(DEVICE_MAPS)}"
                      + (" or a dict of module name -> device" if option == "device_map" else ""))
 
 
-def _map_device(device: Any, what: str) -> int | str:
-    if isinstance(device, torch.device):
-        device = str(device)
-    if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
-        return device
-    if device in ("cpu", "disk"):
-        return device
-    if isinstance(device, str):
-        try:
-            torch.device(device)
-        except (RuntimeError, ValueError) as exc:
-            raise InputError(f"{what} {device!r}: not a device") from exc
-        return device
-    raise InputError(f"{what} {device!r}: expected a GPU index, 'cuda:N', 'cpu' or 'disk'")
+def _device(value: Any, where: str) -> int | str:
+    """One device of a map or a budget: ``cpu``, ``disk``, ``mps``, or a CUDA index (``0``,
+    ``"0"``, ``"cuda:0"``, a ``torch.device``) this machine has; anything else is one line."""
+    if isinstance(value, torch.device):
+        value = str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        index = value
+    elif isinstance(value, str) and value in ("cpu", "disk", "mps"):
+        return value
+    elif isinstance(value, str) and value.removeprefix("cuda:").isdecimal():  # not "²"
+        index = int(value.removeprefix("cuda:"))
+    else:
+        raise InputError(f"{where}: {_short(value)} is not a device; expected a CUDA index "
+                         "(0, 1, ...), cpu, disk or mps")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        raise InputError(f"{where}: no CUDA device {index} here (this machine has {count})")
+    return index
 
 
 def parse_max_memory(text: str, option: str = "--max-memory") -> dict[int | str, int]:
@@ -88,17 +92,16 @@ def parse_max_memory(text: str, option: str = "--max-memory") -> dict[int | str,
     machine lacks, a zero size, or anything else is one line naming the entry."""
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"{option}: expected DEVICE=SIZE entries, e.g. 0=20GiB,cpu=60GiB")
-    budgets: dict[int | str, int] = {}
-    for entry in text.split(","):
-        key, sep, size = entry.partition("=")
-        where = f"{option} entry {entry.strip()!r}"
-        if not sep:
-            raise InputError(f"{where}: expected DEVICE=SIZE, e.g. 0=20GiB or cpu=60GiB")
-        device = _budget_device(key.strip(), where)
-        if device in budgets:
-            raise InputError(f"{where}: {device} is given twice")
-        budgets[device] = _bytes(size, where)
-    return budgets
+
+    def entries() -> Iterator[tuple[str, str, str]]:
+        for entry in text.split(","):
+            key, sep, size = entry.partition("=")
+            where = f"{option} entry {entry.strip()!r}"
+            if not sep:
+                raise InputError(f"{where}: expected DEVICE=SIZE, e.g. 0=20GiB or cpu=60GiB")
+            yield key.strip(), size, where
+
+    return _budgets(entries())
 
 
 def check_max_memory(value: Any, option: str = "max_memory") -> dict[int | str, int] | None:
@@ -111,10 +114,14 @@ def check_max_memory(value: Any, option: str = "max_memory") -> dict[int | str, 
     if not isinstance(value, Mapping) or not value:
         raise InputError(f"{option} {_short(value)}: expected a dict of device -> size, e.g. "
                          "{0: '20GiB', 'cpu': '60GiB'}, or that as text: 0=20GiB,cpu=60GiB")
+    return _budgets((str(key), size, f"{option}[{key!r}]") for key, size in value.items())
+
+
+def _budgets(entries: Iterable[tuple[str, Any, str]]) -> dict[int | str, int]:
+    """(device, size, where to say it is wrong) entries -> bytes per device, each once."""
     budgets: dict[int | str, int] = {}
-    for key, size in value.items():
-        where = f"{option}[{key!r}]"
-        device = _budget_device(str(key), where)
+    for key, size, where in entries:
+        device = _device(key, where)
         if device in budgets:
             raise InputError(f"{where}: {device} is given twice")
         budgets[device] = _bytes(size, where)
@@ -132,20 +139,6 @@ def _short(value: Any) -> str:
     return " ".join(repr(value).split())[:60]
 
 
-def _budget_device(key: str, where: str) -> int | str:
-    if key in ("cpu", "disk", "mps"):
-        return key
-    index = key.removeprefix("cuda:")
-    if not index.isdigit():
-        raise InputError(f"{where}: {key!r} is not a device; expected a CUDA index (0, 1, ...), "
-                         "cpu, disk or mps")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if int(index) >= count:
-        raise InputError(f"{where}: no CUDA device {int(index)} here (this machine has "
-                         f"{count})")
-    return int(index)
-
-
 def _bytes(size: Any, where: str) -> int:
     if isinstance(size, int) and not isinstance(size, bool):
         number = size
@@ -160,42 +153,41 @@ def _bytes(size: Any, where: str) -> int:
     return number
 
 
-def check_placement(device_map: Any, max_memory: Any, device: str = "auto",
-                    workers: int | None = None) -> None:
-    """What makes no sense with a device map, refused in one line before any model loads:
-    ``--max-memory`` without ``--device-map`` (nothing would read it), ``--device`` other
-    than auto (the map places the model: ``--max-memory`` names the devices it may use), and
-    several ``--workers`` (each would load the model over the same devices)."""
+#: How the command line and the Python API name the map, its budget and ``device``.
+_NAMES = {True: ("--device-map", "--max-memory", "--device"),
+          False: ("device_map", "max_memory", "device")}
+
+
+def placement(device_map: Any, max_memory: Any, device: Any = None, *,
+              cli: bool = True) -> dict[str, Any]:
+    """``device_map`` and ``max_memory`` as ``from_pretrained`` (and :func:`dispatch`) take
+    them, checked before any model loads; nothing without a map. Refused in one line, besides
+    a bad map or budget: a budget without a map (nothing would read it), a ``device`` beside a
+    map (the map places the model: the budget names the devices it may use; the command
+    line's ``--device auto`` counts as not given). ``cli``: the settings are named as the
+    command line names them (``--max-memory``'s text), else as the Python API does."""
+    map_name, memory_name, device_name = _NAMES[cli]
     if device_map is None:
         if max_memory is not None:
-            raise InputError("--max-memory budgets the devices of --device-map, which is not "
-                             "given; add --device-map auto")
-        return
-    if device_map not in DEVICE_MAPS:
-        raise InputError(f"--device-map {device_map!r}: expected {', '.join(DEVICE_MAPS)}")
-    require_accelerate()
-    if device != "auto":
-        raise InputError(f"--device {device} and --device-map exclude each other: the device "
-                         "map places the model; --max-memory chooses the devices it may use")
-    if workers is not None and workers > 1:
+            raise InputError(f"{memory_name} budgets the devices of {map_name}, which is not "
+                             "given" + ("; add --device-map auto" if cli else ""))
+        return {}
+    device_map = check_device_map(device_map, map_name)
+    require_accelerate(map_name)
+    if device is not None and not (cli and device == "auto"):
+        raise InputError(f"{device_name} {device if cli else repr(device)} and {map_name} "
+                         "exclude each other: the device map places the model; "
+                         f"{memory_name} chooses the devices it may use")
+    return {"device_map": device_map, "max_memory": check_max_memory(max_memory, memory_name)}
+
+
+def check_workers(device_map: Any, workers: int | None) -> None:
+    """Several ``--workers`` with a device map: each would load the model over the same
+    devices; refused in one line."""
+    if device_map is not None and workers is not None and workers > 1:
         raise InputError(f"--workers {workers} and --device-map exclude each other: every "
                          "worker would load the model over the same devices; run one process "
                          "per model replica (docs/scaling.md)")
-
-
-def split_kwargs(device_map: Any, max_memory: Any, device: Any = None) -> dict[str, Any]:
-    """The Python API's ``device_map=`` and ``max_memory=`` (with ``device=`` if given), checked
-    before any model loads, as ``from_pretrained`` takes them; nothing without a map."""
-    if device_map is None:
-        if max_memory is not None:
-            raise InputError("max_memory budgets the devices of device_map, which is not given")
-        return {}
-    require_accelerate("device_map")
-    if device is not None:
-        raise InputError(f"device {device!r} and device_map exclude each other: the device map "
-                         "places the model; max_memory chooses the devices it may use")
-    return {"device_map": check_device_map(device_map, "device_map"),
-            "max_memory": check_max_memory(max_memory)}
 
 
 def load_weights(model_cls: Any, spec: str, device: str | torch.device = "cpu",
@@ -250,6 +242,10 @@ def dispatch(model: Model, device_map: str | dict, max_memory: dict | None = Non
         # accelerate would read the weights offloaded there before, not this model's
         raise InputError(f"offload_folder {str(offload_folder)!r} holds offloaded weights "
                          "already; give an empty folder")
+    if {"cpu", "disk"} & set(device_map.values()) and any(
+            t.device.type not in ("cpu", "meta") for t in [*hf.parameters(), *hf.buffers()]):
+        # accelerate offloads what the state_dict holds now: weights left on a GPU stay there
+        hf.to("cpu")
     if "disk" in device_map.values() and offload_folder is None:
         hf._mmxai_offload = tempfile.TemporaryDirectory(prefix="mmxai-offload-")
         offload_folder = hf._mmxai_offload.name

@@ -219,7 +219,7 @@ def _finish(model: Model, inputs: Inputs, sequence: torch.Tensor,
 def _vocab_stats(model: Model, states: torch.Tensor, needs: Needs) -> list[torch.Tensor]:
     """[logsumexp (n,), then top-k logits and ids (n, k) if needed] of states' logits."""
     w = model.unembedding()
-    return _reduce_logits((states.to(w.dtype) @ w.T).float(), needs)  # (n, V): transient
+    return _reduce_logits((states.to(w.device, w.dtype) @ w.T).float(), needs)  # transient
 
 
 def _reduce_logits(logits: torch.Tensor, needs: Needs) -> list[torch.Tensor]:
@@ -395,6 +395,6 @@ def forced_trace(model: Model, inputs: Inputs, generated_ids: torch.Tensor | Seq
                        logits_to_keep=1)  # full-vocab logits only where needed
     attentions = None
     if needs.attentions:
-        # one device for all layers (a split model's are each on their layer's device)
-        attentions = [a[0].float().to(out.attentions[0].device) for a in out.attentions]
+        # on the CPU as generate's (_assemble_attentions): a split model's are on many GPUs
+        attentions = [a[0].float().cpu() for a in out.attentions]
     return _finish(model, inputs, sequence, store, attentions, needs)

@@ -26,6 +26,7 @@ from mmxai.commands.tiny import find_family
 from mmxai.errors import InputError
 from mmxai.model import Model, load_model
 from mmxai.registry import manager
+from mmxai.trace import Needs
 
 PROMPT = "Describe the image."
 N_TOKENS = 3
@@ -43,15 +44,16 @@ def methods() -> dict[str, dict]:
     return chosen
 
 
-def partition(model: Model, offloaded: set[int]) -> dict[str, str]:
-    """A device map covering every module: the modules in ``offloaded`` (ids) on disk, every
-    other block on cpu, as coarse as the tree allows."""
-    placed: dict[str, str] = {}
+def partition(model: Model, offloaded: set[int], where: int | str = "disk",
+              rest: int | str = "cpu") -> dict[str, int | str]:
+    """A device map covering every module: the modules in ``offloaded`` (ids) on ``where``,
+    every other block on ``rest``, as coarse as the tree allows."""
+    placed: dict[str, int | str] = {}
 
     def visit(name: str, module: torch.nn.Module) -> None:
         inside = {id(m) for m in module.modules()}
         if id(module) in offloaded or not inside & offloaded:
-            placed[name] = "disk" if id(module) in offloaded else "cpu"
+            placed[name] = where if id(module) in offloaded else rest
             return
         assert not list(module.parameters(recurse=False)), name
         for child_name, child in module.named_children():
@@ -139,14 +141,35 @@ def test_offloaded_weight_is_read_back(tiny_model):
 
 
 # -- the command line and the loader --------------------------------------------------------
-def test_explain_with_a_device_map_matches_without(tiny_dir, tmp_path, capsys):
+@pytest.fixture
+def offloaded_forwards(monkeypatch) -> list[str]:
+    """The classes of the modules whose offloaded weights accelerate's hooks loaded for a
+    forward: proof that a run split its model rather than ignore the map."""
+    from accelerate.hooks import AlignDevicesHook
+
+    seen: list[str] = []
+    real = AlignDevicesHook.pre_forward
+
+    def pre_forward(self, module, *args, **kwargs):
+        if self.offload:
+            seen.append(type(module).__name__)
+        return real(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(AlignDevicesHook, "pre_forward", pre_forward)
+    return seen
+
+
+def test_explain_with_a_device_map_matches_without(tiny_dir, tmp_path, capsys,
+                                                   offloaded_forwards):
     folder = tiny_dir("qwen2-vl")
     image = str(folder / "demo.png")
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     common = [image, "--method", "tam,gradcam", "--max-new-tokens", "2", "--device", "auto"]
     assert main(["explain", str(folder), *common, "--out", str(tmp_path / "a")]) == 0
+    assert not offloaded_forwards
     assert main(["explain", str(folder), *common, "--out", str(tmp_path / "b"),
                  "--device-map", "auto", "--max-memory", f"cpu={size // 3}B"]) == 0
+    assert offloaded_forwards  # the split ran: weights loaded from disk for forwards
     for method in ("tam", "gradcam"):
         a = np.load(tmp_path / "a" / method / "maps.npz")
         b = np.load(tmp_path / "b" / method / "maps.npz")
@@ -218,18 +241,20 @@ def test_without_accelerate_the_flag_names_the_extra(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_accelerate)
     with pytest.raises(InputError, match=r"pip install 'mmxai\[device-map\]'"):
-        dm.check_placement("auto", None)
+        dm.placement("auto", None)
 
 
-def test_compare_with_a_device_map_stores_the_same_results(tmp_path):
+def test_compare_with_a_device_map_stores_the_same_results(tmp_path, offloaded_forwards):
     from mmxai.compare_api import compare
 
     common = dict(dataset="synthetic", methods="tam", metrics="deletion", limit=2,
                   bootstrap=10, progress=False, min_new_tokens=3,
                   deletion={"steps": 2, "max_tokens": 0})
     plain = compare("tiny:qwen2-vl", out=tmp_path / "a", **common).rows()
+    assert not offloaded_forwards
     split = compare("tiny:qwen2-vl", out=tmp_path / "b", device_map="sequential",
                     max_memory={"cpu": "60KB"}, **common).rows()
+    assert offloaded_forwards  # the split ran: weights loaded from disk for forwards
     column = next(k for k in plain[0] if k.startswith("deletion") and "." not in k)
     assert [(r["n"], r["failed"]) for r in plain] == [(2, 0)]
     assert np.isfinite(plain[0][column])
@@ -274,6 +299,89 @@ def test_randomisation_below_offloaded_layers_matches_unsplit(tiny_model, demo_i
         maps.append(tam(again))
     np.testing.assert_allclose(maps[1], maps[0], rtol=1e-5, atol=1e-6)
     assert (Path(model.hf._mmxai_offload.name) / "index.json").is_file()
+
+
+def test_randomised_copy_shares_the_offloaded_weights():
+    """The CPU copies accelerate keeps of offloaded weights are shared with the randomised
+    copy, as the parameters are, not copied (host memory would double)."""
+    from accelerate import cpu_offload
+
+    from mmxai.plugins.metrics.sanity import offloaded_tensors, randomised_copy
+
+    model = find_family("qwen2-vl").tiny(seed=0)
+    cpu_offload(model.decoder_layers()[0], execution_device="cpu")
+    held = offloaded_tensors(model.hf)
+    assert held and all(p.device.type == "meta" for p in model.decoder_layers()[0].parameters())
+    copied = offloaded_tensors(randomised_copy(model, 0.5, seed=0).hf)
+    assert [t.untyped_storage().data_ptr() for t in copied] == \
+        [t.untyped_storage().data_ptr() for t in held]
+
+
+def test_a_device_map_naming_a_missing_gpu_is_one_line():
+    missing = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device in (missing, f"cuda:{missing}"):
+        with pytest.raises(InputError, match=f"no CUDA device {missing} here") as caught:
+            dm.check_device_map({"model": device, "lm_head": "cpu"}, "device_map")
+        assert "\n" not in str(caught.value) and "device_map['model']" in str(caught.value)
+    for device in ("²", "cuda:²", "gpu", -1, True, "meta"):
+        with pytest.raises(InputError, match="is not a device"):
+            dm.check_device_map({"model": device}, "device_map")
+        with pytest.raises(InputError, match="is not a device"):
+            dm.check_max_memory({device: "1GiB"})
+    with pytest.raises(InputError, match="'²' is not a device"):
+        dm.parse_max_memory("²=1GiB")
+
+
+# -- GPUs: mixed-device splits (the tests above split over cpu and disk only) ---------------
+def cuda_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(cuda_count() < 1, reason="needs a CUDA device (tests/QUARANTINES.md)")
+def test_dispatching_a_model_on_a_gpu_offloads_its_cpu_blocks_to_the_cpu():
+    """A model built on a GPU, dispatched with cpu entries: the offloaded weights are kept in
+    host memory, not left on the GPU (accelerate offloads what the state_dict holds)."""
+    from mmxai.plugins.metrics.sanity import offloaded_tensors
+
+    model = find_family("qwen2-vl").tiny(seed=0)
+    model.hf.to("cuda:0")
+    layer = model.decoder_layers()[0]
+    dm.dispatch(model, partition(model, {id(layer)}, where="cpu", rest=0))
+    assert all(p.device.type == "meta" for p in layer.parameters())
+    held = offloaded_tensors(model.hf)
+    assert held and {t.device.type for t in held} == {"cpu"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(cuda_count() < 2, reason="needs 2 CUDA devices (tests/QUARANTINES.md)")
+def test_a_model_split_over_two_gpus_gives_the_one_gpu_maps(demo_image):
+    """Embeddings, vision tower and the lower decoder layers on GPU 0; the upper layers, the
+    final norm and the unembedding on GPU 1: every method's maps are the unsplit model's,
+    and a teacher-forced trace's attentions and vocabulary statistics come back readable."""
+    from mmxai.trace import forced_trace
+
+    whole = find_family("qwen2-vl").tiny(seed=0)
+    whole.hf.to("cuda:0")
+    split = find_family("qwen2-vl").tiny(seed=0)
+    layers = split.decoder_layers()
+    upper = [*layers[len(layers) // 2:], split.final_norm(), split.hf.get_output_embeddings()]
+    dm.dispatch(split, partition(split, {id(m) for m in upper}, where=1, rest=0))
+    assert set(split.hf.hf_device_map.values()) == {0, 1}
+    assert split.final_norm().weight.device == torch.device("cuda:1")
+    reference, got = explain_all(whole, demo_image), explain_all(split, demo_image)
+    for name, explanation in reference.items():
+        assert torch.equal(got[name].trace.sequence, explanation.trace.sequence), name
+        scale = max(float(np.abs(explanation.maps).max()), 1e-6)
+        np.testing.assert_allclose(got[name].maps, explanation.maps, rtol=1e-4,
+                                   atol=1e-4 * scale, err_msg=name)
+    needs = manager().get("methods", "tam")().needs | Needs(attentions=True, topk=3)
+    traces = [forced_trace(m, out.trace.inputs, out.trace.generated_ids, needs)
+              for m, out in ((whole, reference["tam"]), (split, got["tam"]))]
+    assert {a.device.type for a in traces[1].attentions} == {"cpu"}
+    for a, b in zip(traces[0].attentions, traces[1].attentions, strict=True):
+        torch.testing.assert_close(b, a.cpu(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(traces[1].logsumexp.cpu(), traces[0].logsumexp.cpu())
 
 
 def test_a_map_that_leaves_modules_out_is_one_line():

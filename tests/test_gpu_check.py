@@ -1,6 +1,7 @@
-"""The GPU check (benchmarks/gpu_check.sh): its dry run takes every step on the CPU and
-writes the whole table, as the GPU machine would, without captum or pycocotools; a slow step
-is cut by its own guard and the run goes on."""
+"""The GPU check (benchmarks/gpu_check.sh): its dry run installs mmxai into a folder of its
+own, as on the GPU machine, takes every step on the CPU and writes the whole table, as the
+GPU machine would, without captum or pycocotools; a slow step is cut by its own guard and
+the run goes on."""
 
 from __future__ import annotations
 
@@ -42,13 +43,20 @@ def blocker(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_the_dry_run_measures_every_step_without_captum_or_pycocotools(tmp_path):
+    # installed as on the GPU machine (this checkout built into a folder of its own, no
+    # wheels given), though the tests' python has mmxai already: every step must run the
+    # installed copy, never the checkout's bare mmxai/ folder
+    site = tmp_path / "site"
     env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1",
+           "GPU_CHECK_INSTALL": "1", "MMXAI_SITE": str(site), "WHEELS": str(tmp_path / "none"),
            "PYTHONPATH": os.pathsep.join(filter(None, [
                str(blocker(tmp_path / "blocked")), os.environ.get("PYTHONPATH")]))}
     out = tmp_path / "out"
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--out", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"installing this checkout into {site}" in done.stderr
+    assert f"mmxai from {site / 'mmxai' / '__init__.py'}" in (out / "compare.log").read_text()
     table = (out / "gpu_check.md").read_text()
     assert table in done.stdout  # printed at the end, as written
     assert table.startswith("# GPU check (dry run)")

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 
 from mmxai import api, hub, loading
 from mmxai.commands.tiny import find_family
-from mmxai.device_map import INSTALL, check_placement, dispatch, parse_max_memory
+from mmxai.device_map import INSTALL, dispatch
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.model import Model, load_model
 
@@ -102,17 +102,6 @@ def add_device_map_arguments(parser: argparse.ArgumentParser) -> None:
                              "0=20GiB,1=20GiB,cpu=60GiB (default: what is free)")
 
 
-def placement(device_map: str | None, max_memory: str | None, device: str = "auto",
-              workers: int | None = None) -> dict[str, object]:
-    """``--device-map`` and ``--max-memory`` as :func:`open_model` takes them, checked before
-    any model loads (:func:`mmxai.device_map.check_placement`); nothing without a map."""
-    check_placement(device_map, max_memory, device, workers)
-    if device_map is None:
-        return {}
-    budgets = None if max_memory is None else parse_max_memory(max_memory)
-    return {"device_map": device_map, "max_memory": budgets}
-
-
 def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto",
                trust_remote_code: bool = False, source: hub.Source | None = None,
                chat_template: str | None = None,
@@ -132,8 +121,8 @@ def open_model(spec: str, device: torch.device, dtype: torch.dtype | str = "auto
     model's name that is also a folder here) and what loading filled in
     (:mod:`mmxai.loading`) go to ``say``, one ``note: ...`` line each (default: stderr); a
     model that cannot run on a test image is one line (:func:`mmxai.loading.preflight`),
-    before any sample. ``device_map``/``max_memory`` (:func:`placement`) split the model
-    over devices instead of putting it on ``device``."""
+    before any sample. ``device_map``/``max_memory`` (:func:`mmxai.device_map.placement`)
+    split the model over devices instead of putting it on ``device``."""
     split = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory}
     if not spec.startswith(TINY):
         source = source or hub.resolve(spec)

@@ -61,11 +61,11 @@ from mmxai.commands.common import (
     open_model,
     parse_dtype,
     parse_options,
-    placement,
     resolve_device,
 )
 from mmxai.commands.leaderboard import LabelAction, check_out, model_labels
 from mmxai.dataset import Dataset
+from mmxai.device_map import check_workers
 from mmxai.errors import InputError, MMXAIError
 from mmxai.evaluation import (
     ConsoleReporter,
@@ -232,10 +232,10 @@ class Plan:
 
     def open(self, model: str) -> Model:
         """The model ``model`` names, checked to run (:func:`open_model`)."""
-        split = placement(self.spec.device_map, self.spec.max_memory)
         return open_model(model, self.device, parse_dtype(self.spec.generation.dtype),
                           self.spec.trust_remote_code, chat_template=self.chat_template,
-                          say=lambda text: self._notes.note(f"note: {text}"), **split)
+                          say=lambda text: self._notes.note(f"note: {text}"),
+                          **self.spec.placement())
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -250,7 +250,6 @@ def build_plan(spec: RunSpec, chat_template: str | None = None,
     models opened with ``chat_template`` (the text of ``--chat-template``) if given and
     named as ``labels`` (``--label``, :func:`model_labels`) say."""
     protocols.require(spec.protocol)  # its libraries and data, before anything loads
-    placement(spec.device_map, spec.max_memory, spec.device)
     chosen = spec.selection
     dataset_cls = (manager().get("datasets", chosen.dataset) if chosen.dataset
                    else default_benchmark())
@@ -298,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--workers and --shard (or RANK/WORLD_SIZE) exclude each other: "
                          "a shard is one worker; run --shard i/n per process instead")
     shard = Shard.parse(args.shard) if args.shard else Shard.from_env()
-    placement(spec.device_map, spec.max_memory, spec.device, workers_given)
+    check_workers(spec.device_map, workers_given)  # the map itself: RunSpec checked it
     check_out(spec.out)
     if spec.save_maps is not None:
         check_out(spec.save_maps, "--save-maps")
@@ -310,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         count = workers.auto_workers(plan.models, plan.device, samples, spec.out)
     count = max(1, min(count, samples))  # a worker without samples would only load the model
-    if spec.device_map is not None:  # one process holds the split model (placement says)
+    if spec.device_map is not None:  # one process holds the split model (check_workers says)
         count = 1
     stored = workers.stored_layout(spec.out)
     if not sharded and stored is not None and stored != count:

@@ -58,11 +58,11 @@ from mmxai.commands.common import (
     open_model,
     parse_dtype,
     parse_options,
-    placement,
     resolve_device,
 )
 from mmxai.commands.explain_output import render_overlays, write_method, write_pages
 from mmxai.commands.tiny import folder_argument, shown, writable_folder
+from mmxai.device_map import placement
 from mmxai.errors import InputError
 from mmxai.method import Method, default_methods
 from mmxai.saved_maps import maps_path, save_trace_maps

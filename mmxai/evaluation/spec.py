@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mmxai import device_map as dm
 from mmxai import protocols
 from mmxai.errors import InputError, MMXAIError
 from mmxai.protocols import Protocol
@@ -135,6 +136,14 @@ class RunSpec:
             raise InputError(f"--bootstrap {self.bootstrap}: expected a whole number >= 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch must be at least 1")
+        # --device-map and --max-memory, checked once (not again as each model opens)
+        object.__setattr__(self, "_placement",
+                           dm.placement(self.device_map, self.max_memory, self.device))
+
+    def placement(self) -> dict[str, Any]:
+        """``device_map`` and ``max_memory`` (parsed) as ``open_model`` takes them; nothing
+        without a map (:func:`mmxai.device_map.placement`)."""
+        return dict(self._placement)
 
     def batch_for(self, device: torch.device) -> int:
         """Samples per ``generate`` call on ``device``."""

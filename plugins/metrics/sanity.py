@@ -58,8 +58,8 @@ def randomised_copy(model: Model, top: float, seed: int) -> Model:
                          "randomised; give the GPUs room for them (--max-memory)")
     chosen = {id(p) for layer in layers[len(layers) - count:] for p in layer.parameters()}
     # Share everything but the chosen layers' parameters: the copy costs one layer's memory.
-    memo = {id(t): t for t in [*model.hf.parameters(), *model.hf.buffers()]
-            if id(t) not in chosen}
+    memo = {id(t): t for t in [*model.hf.parameters(), *model.hf.buffers(),
+                               *offloaded_tensors(model.hf)] if id(t) not in chosen}
     randomised = copy.copy(model)  # the adapter's own settings (pixel budgets...) carry over
     randomised.hf = copy.deepcopy(model.hf, memo)
     randomised.model_id = f"{model.model_id} (top {count} layers randomised)"
@@ -73,6 +73,22 @@ def randomised_copy(model: Model, top: float, seed: int) -> Model:
                 noise = torch.randn(param.shape, generator=generator) * std + mean
                 param.copy_(noise.to(param.dtype))
     return randomised
+
+
+def offloaded_tensors(hf: torch.nn.Module) -> list[torch.Tensor]:
+    """The CPU copies accelerate's hooks keep of offloaded weights (their ``weights_map``),
+    which the model's own parameters (on ``meta``) do not reach; disk weights are files."""
+    found = []
+    for module in hf.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for align in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+            weights = getattr(align, "weights_map", None)
+            # a PrefixedDataset over accelerate's OffloadedWeightsLoader, or a plain dict
+            dataset = getattr(weights, "dataset", weights)
+            store = getattr(dataset, "state_dict", dataset)
+            if isinstance(store, dict):
+                found += [t for t in store.values() if torch.is_tensor(t)]
+    return found
 
 
 @dataclass
