@@ -116,6 +116,11 @@ class SyntheticScenes(Dataset):
         "occlusion": {"window": 2, "stride": 2},  # 16 windows of 2x2 tokens
         "feature-ablation": {"cell": 2},
         "eagle": {"regions": "grid", "cell": 4},  # 4 regions: at most 20 passes a token
+        # captum's old n_samples default, which docs/benchmark.md's table was measured at
+        # (~64 SLIC regions: KernelSHAP's regression underdetermined; the methods' own
+        # default is each package's "auto", 2R + 2048 and 1000 passes a sample)
+        "kernel-shap": {"samples": 25},
+        "lime": {"samples": 25},
     }
 
     @dataclass

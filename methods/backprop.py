@@ -92,12 +92,19 @@ def token_logits(trace: Trace, tokens: Sequence[int]) -> torch.Tensor:
     positions = torch.tensor([trace.generating_position(int(j)) for j in tokens],
                              dtype=torch.long)
     ids = trace.sequence[positions + 1]
-    model = trace.model.hf
-    device = trace.model.device
-    with torch.enable_grad(), frozen_parameters(model):
-        out = model(**features, use_cache=False, logits_to_keep=positions.to(device))
-        logits = out.logits[0].float()  # (n_tokens, V)
-        return logits[torch.arange(len(positions), device=logits.device), ids.to(logits.device)]
+    with torch.enable_grad(), frozen_parameters(trace.model.hf):
+        return logits_at(trace.model, features, positions, ids)[0]
+
+
+def logits_at(model: Any, features: dict[str, Any], positions: torch.Tensor,
+              ids: torch.Tensor) -> torch.Tensor:
+    """(B, n) logit of ``ids[i]`` at ``positions[i]`` in each of the B sequences of
+    ``features``; only those positions reach the unembedding."""
+    # a CPU index: the final norm's output is on the last device of a split model
+    out = model.hf(**features, use_cache=False, logits_to_keep=positions)
+    logits = out.logits.float()  # (B, n, V)
+    columns = torch.arange(len(positions), device=logits.device)
+    return logits[:, columns, ids.to(logits.device)]
 
 
 def per_token_gradients(logits: torch.Tensor,

@@ -25,10 +25,17 @@ testbed16 model, one CPU thread: 0.31 s per sample against 0.14 s).
 
 Every map is reduced over the embedding (or channel) dimension: the sum by default (signed,
 and for IG the per-token share of the completeness sum), or the L2 norm.
+
+The embedding methods vary the image rows of the first decoder layer's input only. A model
+that adds image features again after later decoder layers (Qwen3-VL's DeepStack:
+``vision_config.deepstack_visual_indexes``) keeps those as traced, so IG's path and the
+gradient miss what enters there: they run, with a UserWarning naming the method
+(:func:`warn_injected_features`), once per method and model.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +68,23 @@ def reduced(attributions: torch.Tensor, reduce: str) -> torch.Tensor:
     """(..., C) attributions -> (...) per-token scores: the sum over C, or its L2 norm."""
     values = attributions.detach().float()
     return values.sum(dim=-1) if reduce == "sum" else values.norm(dim=-1)
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_injected_features(trace: Trace, method: str) -> None:
+    """A UserWarning, once per method and model, when the model adds image features after
+    later decoder layers (DeepStack), which an embedding method leaves as traced."""
+    vision = getattr(trace.model.hf.config, "vision_config", None)
+    layers = getattr(vision, "deepstack_visual_indexes", None)
+    if not layers or (method, trace.model.model_id) in _warned:
+        return
+    _warned.add((method, trace.model.model_id))
+    warnings.warn(f"{method}: {trace.model.model_id} adds image features again after its "
+                  f"first {len(layers)} decoder layer(s) (DeepStack); the method varies the "
+                  "image embeddings the first layer reads, and those later features stay as "
+                  "traced, so the maps miss what enters there", UserWarning, stacklevel=3)
 
 
 def _check_batch(batch: int) -> None:
@@ -123,6 +147,8 @@ class IGSmoothGradOptions(IntegratedGradientsOptions):
         if not self.stdev > 0:
             raise ValueError(f"stdev={self.stdev} must be above 0 (a fraction of the "
                              "embeddings' range)")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be at least 0")
 
 
 @dataclass
@@ -136,6 +162,7 @@ class _ImageEmbeddingMethod(Method):
     k tokens, reduced over d."""
 
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
+        warn_injected_features(trace, self.name)
         x = image_embeddings(trace)
         maps = []
         with attribution_pass(trace):
@@ -163,6 +190,7 @@ class GradientXInput(_ImageEmbeddingMethod):
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         if self.options.engine == "captum":
             return super().explain(trace, tokens)
+        warn_injected_features(trace, self.name)
         rows = torch.as_tensor(trace.image_positions, dtype=torch.long)
         maps = []
         first = trace.model.decoder_layers()[0]

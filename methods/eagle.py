@@ -33,6 +33,7 @@ from mmxai.errors import InputError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method, token_indices
 from mmxai.methods.eagle_search import Search, greedy_searches, ordering_scores
+from mmxai.methods.perturbation import single_image
 from mmxai.methods.regions import masked_images, region_labels, regions_to_grids
 from mmxai.perturb import answer_log_probs, baseline_image, swap_each
 from mmxai.trace import Needs, Trace
@@ -58,9 +59,7 @@ class EagleOptions:
     batch: int = 32  # perturbed images per forward pass
 
     def __post_init__(self) -> None:
-        if self.regions not in ("slico", "slic", "grid"):
-            raise ValueError(f"regions must be 'slico', 'slic' or 'grid', got "
-                             f"{self.regions!r}")
+        # the choices and finite numbers are make_options' checks (mmxai.options)
         if not 2 <= self.segments <= MAX_SEGMENTS:
             raise ValueError(f"segments must be in [2, {MAX_SEGMENTS}] (a search costs about "
                              f"segments^2 forwards a token), got {self.segments}")
@@ -68,14 +67,11 @@ class EagleOptions:
             raise ValueError(f"cell must be at least 1, got {self.cell}")
         for name in ("insight_weight", "necessity_weight"):
             value = getattr(self, name)
-            if not (np.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if self.insight_weight == 0 and self.necessity_weight == 0:
             raise ValueError("insight_weight and necessity_weight are both 0: the objective "
                              "would be constant")
-        if self.baseline not in ("black", "mean", "blur"):
-            raise ValueError(f"baseline must be 'black', 'mean' or 'blur', got "
-                             f"{self.baseline!r}")
         if self.batch < 1:
             raise ValueError(f"batch must be at least 1, got {self.batch}")
 
@@ -149,12 +145,9 @@ class Eagle(Method):
         Both live in ``trace.cache`` under these options, so :meth:`analyse` after
         :meth:`explain` (or a second call) runs no search twice.
         """
-        if len(trace.inputs.images) != 1:
-            raise InputError(f"method {self.name!r}: needs exactly one image, got "
-                             f"{len(trace.inputs.images)}")
+        image = single_image(self.name, trace)
         opts = self.options
         key = (self.name, repr(opts))
-        image = trace.inputs.images[0].convert("RGB")
         if (key, "labels") not in trace.cache:
             trace.cache[key, "labels"] = (
                 region_labels(image, trace.grids, opts.regions, cell=opts.cell,
@@ -162,9 +155,12 @@ class Eagle(Method):
         labels = trace.cache[key, "labels"]
         n_regions = int(labels.max()) + 1
         if n_regions > MAX_SEGMENTS:
-            raise InputError(f"method {self.name!r}: {n_regions} regions of {opts.cell}x"
-                             f"{opts.cell} tokens, more than {MAX_SEGMENTS} (about "
-                             f"{n_regions ** 2} forwards a token): raise cell")
+            what, fix = ((f"regions of {opts.cell}x{opts.cell} tokens", "raise cell")
+                         if opts.regions == "grid" else
+                         (f"{opts.regions} superpixels", "lower segments"))
+            raise InputError(f"method {self.name!r}: {n_regions} {what}, more than "
+                             f"{MAX_SEGMENTS} (about {n_regions ** 2} forwards a token): "
+                             f"{fix}")
         unique = sorted(set(int(j) for j in tokens))
         groups = [unique] if opts.together else [[j] for j in unique]
         todo = [g for g in groups if (key, tuple(g)) not in trace.cache]
@@ -182,15 +178,20 @@ class Eagle(Method):
 def _evaluator(trace: Trace, image: Image.Image, baseline: Image.Image, labels: np.ndarray,
                tokens: list[int], batch: int):
     """``evaluate(kept)`` for the search: (B, R) kept regions -> (B, len(tokens))
-    probabilities of the traced tokens, teacher-forced, one processor call and ``batch``
-    images a forward."""
+    probabilities of the traced tokens, teacher-forced, ``batch`` images at a time (composed,
+    through the processor in one call, and through the model in one forward): a step's
+    candidates are tokens x regions images, never all in memory at once."""
     positions = [trace.generating_position(j) for j in tokens]
 
     def evaluate(kept: np.ndarray) -> np.ndarray:
-        variants = swap_each(trace.model, trace.inputs,
-                             masked_images(image, baseline, labels, kept))
-        log_probs = answer_log_probs(trace.model, variants, trace.sequence, positions, batch)
-        return np.exp(np.asarray(log_probs, dtype=np.float64))
+        out = []
+        for start in range(0, len(kept), batch):
+            variants = swap_each(trace.model, trace.inputs,
+                                 masked_images(image, baseline, labels,
+                                               kept[start:start + batch]))
+            out.append(answer_log_probs(trace.model, variants, trace.sequence, positions,
+                                        batch))
+        return np.exp(np.concatenate(out).astype(np.float64))
 
     return evaluate
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from mmxai.errors import MMXAIError
-from mmxai.methods.backprop import frozen_parameters
+from mmxai.methods.backprop import frozen_parameters, logits_at
 from mmxai.trace import Trace, forced_features
 from mmxai.video import still_images_only
 
@@ -132,11 +132,7 @@ class TokenLogits:
     def logits(self, batch: int, **replace: Any) -> torch.Tensor:
         model = self.trace.model
         features = {**model.collate([self.features] * batch), **replace}
-        out = model.hf(**features, use_cache=False,
-                       logits_to_keep=self.positions.to(model.device))
-        logits = out.logits.float()  # (B, n_tokens, V)
-        columns = torch.arange(len(self.positions), device=logits.device)
-        return logits[:, columns, self.ids.to(logits.device)]
+        return logits_at(model, features, self.positions, self.ids)
 
 
 class ImageTokenLogits(TokenLogits):

@@ -5,8 +5,10 @@ forces the traced answer over every perturbed copy, and reads the log-probabilit
 explained token at its generating position: ``f_j(x) = log p(y_j | x, prompt, y_<j)``.
 
 - ``occlusion`` (Zeiler and Fergus 2014): captum's ``Occlusion`` slides a square window over
-  the pixels; a pixel's score is the mean of ``f_j(x) - f_j(x with the window hidden)``
-  over the windows covering it. Window and stride are counted in tokens of the model's grid.
+  the token cells of the model's grid (window and stride in tokens; the lattice padded so
+  the last row and column are covered, :func:`~mmxai.methods.regions.window_lattice`); a
+  cell's score is the mean of ``f_j(x) - f_j(x with the window hidden)`` over the windows
+  covering it.
 - ``feature-ablation``: captum's ``FeatureAblation`` hides one region at a time (blocks of
   the model's token grid, or SLIC superpixels): a region's score is
   ``f_j(x) - f_j(x without it)``.
@@ -14,18 +16,27 @@ explained token at its generating position: ``f_j(x) = log p(y_j | x, prompt, y_
   ``KernelShap`` and ``Lime`` fit a linear model of ``f_j`` on which regions are present,
   over random subsets; the coefficients are the scores.
 
-Pixel scores (occlusion) and region scores (the others) reach the token grids as the mean
-over each token cell's pixels (:mod:`mmxai.methods.regions`). The forward function captum
-calls returns every explained token's log-probability at once, so one pass over a perturbed
-image serves all tokens: occlusion and feature ablation read the (k, tokens) output whole
-(captum attributes each output element); LIME and KernelSHAP fit one token at a time, on
-the same seeded samples, through a forward memoised on the perturbed pixels, so the model
-runs once per distinct image, not once per token.
+What captum perturbs is which cells or regions are kept (a vector of ones, the baseline
+zeros), not the pixels: the forward composes each perturbed image at the original
+resolution from the kept regions (:func:`~mmxai.methods.regions.masked_images`), ``batch``
+images at a time, so captum's own tensors stay the size of the region count however large
+the photo (over the pixels, occlusion of a 2000 x 1500 image for 10 tokens took 8.7 GB).
+The perturbed images are exactly those captum's pixel-space masks make; LIME's similarity
+kernel, which captum computes on the pixels, is computed from per-region sums
+(:func:`pixel_cosine_kernel`), so the maps are the same.
+
+Cell and region scores reach the token grids as the mean over each token cell's pixels
+(:mod:`mmxai.methods.regions`). The forward function captum calls returns every explained
+token's log-probability at once, so one pass over a perturbed image serves all tokens:
+occlusion and feature ablation read the (k, tokens) output whole (captum attributes each
+output element); LIME and KernelSHAP fit one token at a time, on the same seeded samples,
+through a forward memoised on the kept regions, so the model runs once per distinct image,
+not once per token.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,9 +50,15 @@ from mmxai.citations import cite
 from mmxai.errors import InputError, MMXAIError
 from mmxai.hookspecs import hookimpl
 from mmxai.method import Method
-from mmxai.methods.regions import pixels_to_grids, region_labels, regions_to_grids
+from mmxai.methods.regions import (
+    masked_images,
+    region_labels,
+    regions_to_grids,
+    window_lattice,
+)
 from mmxai.perturb import answer_log_probs, baseline_image, swap_each
 from mmxai.trace import Needs, Trace
+from mmxai.video import still_images_only
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -83,12 +100,16 @@ class RegionOptions:
 @dataclass
 class SamplingOptions(RegionOptions):
     regions: Literal["grid", "slic", "slico"] = "slic"  # superpixels, as both papers explain images
-    samples: int = 25  # random subsets of regions (captum's n_samples default)
+    #: Random subsets of regions (captum's n_samples). "auto": each package's own default,
+    #: KernelSHAP 2R + 2048 (SHAP's KernelExplainer, R regions), LIME 1000 (lime's image
+    #: explainer). Under about R + 2, KernelSHAP's regression is underdetermined.
+    samples: Literal["auto"] | int = "auto"
     seed: int = 0  # seeds the subsets (torch's generator, forked: the caller's is untouched)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive("samples", self.samples)
+        if self.samples != "auto":
+            _positive("samples", self.samples)
         if self.seed < 0:
             raise ValueError(f"seed must be at least 0, got {self.seed}")
 
@@ -96,42 +117,58 @@ class SamplingOptions(RegionOptions):
 def single_image(method: str, trace: Trace) -> Image.Image:
     """The trace's one still image, or one line saying why the method cannot run."""
     inputs = trace.inputs
-    if inputs.clips:
-        raise InputError(f"method {method!r}: perturbs the pixels of one still image; this "
-                         f"sample is a video")
+    still_images_only(inputs, f"method {method!r}: perturbs the pixels of one still image")
     if len(inputs.images) != 1:
         raise InputError(f"method {method!r}: perturbs the pixels of one image; this sample "
                          f"has {len(inputs.images)}")
     return inputs.images[0].convert("RGB")
 
 
-def pixel_tensor(image: Image.Image) -> torch.Tensor:
-    """(1, 3, H, W) float32 pixel values 0..255: the input captum perturbs."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-
-
-def answer_forward(trace: Trace, positions: Sequence[int], batch: int) -> Forward:
-    """captum's forward: (k, 3, H, W) perturbed pixels -> (k, len(positions)) float32
+def kept_forward(trace: Trace, image: Image.Image, baseline: Image.Image,
+                 labels: np.ndarray, positions: Sequence[int], batch: int) -> Forward:
+    """captum's forward: (k, ...) which regions are kept (1) or take ``baseline``'s pixels (0),
+    flattened to (k, n_labels) over ``labels``' values -> (k, len(positions)) float32
     log-probabilities of the traced answer's tokens after ``positions``.
 
-    Memoised on the pixels (as 8-bit images, which is what the processor sees), so an image
-    captum asks for again (another token's fit on the same samples) costs no pass; the new
-    images of one call go through the processor once and the model ``batch`` at a time.
+    Memoised on the kept regions, so a subset captum asks for again (another token's fit on
+    the same samples) costs no pass; the new images of one call (captum's
+    ``perturbations_per_eval``, ``batch`` at most) are composed at the image's resolution,
+    go through the processor once, and through the model ``batch`` at a time.
     """
     model, inputs, memo = trace.model, trace.inputs, {}
 
-    def forward(pixels: torch.Tensor) -> torch.Tensor:
-        arrays = (pixels.detach().round().clamp(0, 255).to(torch.uint8)
-                  .permute(0, 2, 3, 1).cpu().numpy())
-        keys = [hashlib.blake2b(a.tobytes(), digest_size=16).digest() for a in arrays]
-        new = {k: a for k, a in zip(keys, arrays, strict=True) if k not in memo}
+    def forward(kept: torch.Tensor) -> torch.Tensor:
+        keep = kept.detach().reshape(kept.shape[0], -1).cpu().numpy() > 0.5
+        keys = [row.tobytes() for row in keep]
+        new = {k: row for k, row in zip(keys, keep, strict=True) if k not in memo}
         if new:
-            variants = swap_each(model, inputs, [Image.fromarray(a) for a in new.values()])
-            rows = answer_log_probs(model, variants, trace.sequence, positions, batch)
+            pictures = masked_images(image, baseline, labels, np.stack(list(new.values())))
+            rows = answer_log_probs(model, swap_each(model, inputs, pictures), trace.sequence,
+                                    positions, batch)
             memo.update(zip(new, rows, strict=True))
         return torch.as_tensor(np.stack([memo[k] for k in keys]), dtype=torch.float32)
 
     return forward
+
+
+def pixel_cosine_kernel(image: Image.Image, baseline: Image.Image, labels: np.ndarray):
+    """captum's default LIME similarity, ``exp(-d^2 / 2)`` of the cosine distance ``d``
+    between the original and the perturbed pixels (all channels, values 0..255), computed
+    from which regions are kept: per region, the sums of x*x, x*b and b*b decide it."""
+    x = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3)
+    b = np.asarray(baseline.convert("RGB"), dtype=np.float64).reshape(-1, 3)
+    flat, n = labels.ravel(), int(labels.max()) + 1
+    xx, xb, bb = (np.bincount(flat, weights=(u * v).sum(axis=1), minlength=n)
+                  for u, v in ((x, x), (x, b), (b, b)))
+
+    def similarity(_original: torch.Tensor, perturbed: torch.Tensor, _sample: torch.Tensor,
+                   **_: object) -> float:
+        p = perturbed.detach().reshape(-1).cpu().double().numpy()[:n]
+        dot, zz = p @ xx + (1 - p) @ xb, p @ xx + (1 - p) @ bb
+        cosine = dot / max(math.sqrt(xx.sum()) * math.sqrt(zz), 1e-8)
+        return math.exp(-((1 - cosine) ** 2) / 2)
+
+    return similarity
 
 
 class _Perturbation(Method):
@@ -141,15 +178,26 @@ class _Perturbation(Method):
     def explain(self, trace: Trace, tokens: Sequence[int]) -> np.ndarray:
         image = single_image(self.name, trace)
         unique = sorted(set(tokens))
-        forward = answer_forward(trace, [trace.generating_position(j) for j in unique],
-                                 self.options.batch)
-        baseline = pixel_tensor(baseline_image(image, self.options.baseline))
-        maps = self.token_maps(trace, image, forward, baseline, len(unique))
+        baseline = baseline_image(image, self.options.baseline)
+        labels, shape = self.cells(trace, image)
+        forward = kept_forward(trace, image, baseline, labels,
+                               [trace.generating_position(j) for j in unique],
+                               self.options.batch)
+        scores = self.scores(torch.ones(1, *shape), image, baseline, labels, forward,
+                             len(unique))
+        maps = regions_to_grids(scores.reshape(len(unique), -1)[:, :int(labels.max()) + 1],
+                                labels, trace.grids)
         return maps[[unique.index(j) for j in tokens]]
 
-    def token_maps(self, trace: Trace, image: Image.Image, forward: Forward,
-                   baseline: torch.Tensor, n_tokens: int) -> np.ndarray:
-        """(n_tokens, N_image) maps of the explained tokens, in ``forward``'s order."""
+    def cells(self, trace: Trace, image: Image.Image) -> tuple[np.ndarray, tuple[int, ...]]:
+        """(H, W) labels of what is hidden together (regions, or occlusion's cells), and the
+        shape of what captum perturbs (its flattened indices are the labels)."""
+        raise NotImplementedError
+
+    def scores(self, kept: torch.Tensor, image: Image.Image, baseline: Image.Image,
+               labels: np.ndarray, forward: Forward, n_tokens: int) -> torch.Tensor:
+        """(n_tokens, ...) scores of ``kept`` (ones, captum's input; the baseline zeros)'s
+        elements, in ``forward``'s order of tokens."""
         raise NotImplementedError
 
 
@@ -160,51 +208,32 @@ class Occlusion(_Perturbation):
     Options = OcclusionOptions
     citation = cite("zeiler2014occlusion")
 
-    def token_maps(self, trace, image, forward, baseline, n_tokens):
+    def cells(self, trace, image):
+        grid = next((g for g in trace.grids if g.image == 0), None)
+        if grid is None:
+            raise InputError(f"method {self.name!r}: the image has no grid of image tokens")
+        width, height = image.size
+        return window_lattice(grid, height, width, self.options.window, self.options.stride)
+
+    def scores(self, kept, image, baseline, labels, forward, n_tokens):
         from captum.attr import Occlusion as CaptumOcclusion
 
         opts = self.options
-        window, stride = token_window(trace, image, opts.window, opts.stride)
-        pixels = CaptumOcclusion(forward).attribute(
-            pixel_tensor(image), sliding_window_shapes=(3, *window), strides=(3, *stride),
-            baselines=baseline, perturbations_per_eval=opts.batch)
-        # captum divides by how many windows covered a pixel: 0/0 where none did (a stride
-        # that leaves the last rows or columns out); no window there, no evidence
-        pixels = torch.nan_to_num(pixels.reshape(n_tokens, 3, *pixels.shape[-2:]), nan=0.0)
-        return pixels_to_grids(pixels.mean(dim=1).numpy(), trace.grids)
-
-
-def token_window(trace: Trace, image: Image.Image, window: int, stride: int
-                 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``window`` and ``stride`` in tokens -> ((height, width), (height, width)) in pixels,
-    through the first grid of the image (its box and shape: a token's size in pixels)."""
-    grid = next((g for g in trace.grids if g.image == 0), None)
-    if grid is None:
-        raise InputError("method 'occlusion': the image has no grid of image tokens")
-    width, height = image.size
-    x0, y0, x1, y1 = grid.box
-    token = ((y1 - y0) * height / grid.shape[0], (x1 - x0) * width / grid.shape[1])
-    shape = tuple(min(size, max(1, round(window * t))) for t, size in zip(token, (height, width),
-                                                                          strict=True))
-    step = tuple(max(1, round(stride * t)) for t in token)
-    return shape, step
+        # windows over the lattice's cells (padded: every cell has one, each cell's score
+        # the mean over the windows covering it); the padding cells' scores are dropped
+        return CaptumOcclusion(forward).attribute(
+            kept, baselines=0.0, sliding_window_shapes=(opts.window, opts.window),
+            strides=(opts.stride, opts.stride), perturbations_per_eval=opts.batch)
 
 
 class _RegionMethod(_Perturbation):
     Options = RegionOptions
 
-    def token_maps(self, trace, image, forward, baseline, n_tokens):
+    def cells(self, trace, image):
         opts = self.options
         labels = region_labels(image, trace.grids, opts.regions, cell=opts.cell,
                                segments=opts.segments)
-        scores = self.region_scores(pixel_tensor(image), torch.from_numpy(labels)[None, None],
-                                    forward, baseline, n_tokens)
-        return regions_to_grids(scores, labels, trace.grids)
-
-    def region_scores(self, pixels: torch.Tensor, mask: torch.Tensor, forward: Forward,
-                      baseline: torch.Tensor, n_tokens: int) -> np.ndarray:
-        """(n_tokens, R) region scores; ``mask`` (1, 1, H, W) holds labels 0..R-1."""
-        raise NotImplementedError
+        return labels, (int(labels.max()) + 1,)
 
 
 class FeatureAblation(_RegionMethod):
@@ -213,15 +242,11 @@ class FeatureAblation(_RegionMethod):
                "blocks or superpixels) is hidden")
     citation = cite("zeiler2014occlusion", "achanta2012slic")
 
-    def region_scores(self, pixels, mask, forward, baseline, n_tokens):
+    def scores(self, kept, image, baseline, labels, forward, n_tokens):
         from captum.attr import FeatureAblation as CaptumFeatureAblation
 
-        attr = CaptumFeatureAblation(forward).attribute(
-            pixels, baselines=baseline, feature_mask=mask,
-            perturbations_per_eval=self.options.batch)
-        # every pixel of a region holds the region's score: read one pixel per region
-        _, first = np.unique(mask.numpy().ravel(), return_index=True)
-        return attr.reshape(n_tokens, 3, -1)[:, 0, first].numpy()
+        return CaptumFeatureAblation(forward).attribute(
+            kept, baselines=0.0, perturbations_per_eval=self.options.batch)
 
 
 class _SampledRegions(_RegionMethod):
@@ -229,21 +254,30 @@ class _SampledRegions(_RegionMethod):
     attribution: ClassVar[str] = ""  # the captum class
     min_regions: ClassVar[int] = 1
 
-    def region_scores(self, pixels, mask, forward, baseline, n_tokens):
+    def auto_samples(self, n_regions: int) -> int:
+        """``samples="auto"``: the package's own default for ``n_regions`` regions."""
+        raise NotImplementedError
+
+    def explainer(self, forward: Forward, image: Image.Image, baseline: Image.Image,
+                  labels: np.ndarray):
         import captum.attr
+
+        return getattr(captum.attr, self.attribution)(forward)
+
+    def scores(self, kept, image, baseline, labels, forward, n_tokens):
 
         try:  # captum fits KernelSHAP's and LIME's linear models with scikit-learn
             from sklearn.exceptions import ConvergenceWarning
         except ImportError:
             raise MMXAIError(f"method {self.name!r} needs scikit-learn (captum fits its "
                              "linear model with it): pip install 'mmxai[lime-shap]'") from None
-        explainer = getattr(captum.attr, self.attribution)
         opts = self.options
-        n_regions = int(mask.max()) + 1
+        n_regions = int(labels.max()) + 1
         if n_regions < self.min_regions:
             raise InputError(f"method {self.name!r}: {n_regions} region in this image "
                              f"(regions={opts.regions}), needs at least {self.min_regions}: "
                              f"raise segments or cell's resolution, or use regions=grid")
+        samples = self.auto_samples(n_regions) if opts.samples == "auto" else opts.samples
         scores = []
         for j in range(n_tokens):
             # every token's fit draws the same subsets: the memoised forward runs each
@@ -253,11 +287,12 @@ class _SampledRegions(_RegionMethod):
                 # the lasso's coordinate descent may stop at its iteration cap on a few
                 # samples: captum's fit as it is, without a warning per token
                 warnings.simplefilter("ignore", category=ConvergenceWarning)
-                coefs = explainer(lambda x, j=j: forward(x)[:, j]).attribute(
-                    pixels, baselines=baseline, feature_mask=mask, n_samples=opts.samples,
+                coefs = self.explainer(lambda x, j=j: forward(x)[:, j], image, baseline,
+                                       labels).attribute(
+                    kept, baselines=0.0, n_samples=samples,
                     perturbations_per_eval=opts.batch, return_input_shape=False)
-            scores.append(coefs.reshape(-1).detach().float().numpy())
-        return np.stack(scores)
+            scores.append(coefs.reshape(-1).detach().float())
+        return torch.stack(scores)
 
 
 class KernelSHAP(_SampledRegions):
@@ -268,6 +303,9 @@ class KernelSHAP(_SampledRegions):
     attribution = "KernelShap"
     min_regions = 2  # captum's subset-size distribution is empty for a single region
 
+    def auto_samples(self, n_regions):
+        return 2 * n_regions + 2048  # SHAP's KernelExplainer, nsamples="auto"
+
 
 class LIME(_SampledRegions):
     name = "lime"
@@ -275,6 +313,15 @@ class LIME(_SampledRegions):
                "regions are present, fitted on random subsets")
     citation = cite("ribeiro2016lime", "achanta2012slic")
     attribution = "Lime"
+
+    def auto_samples(self, n_regions):
+        return 1000  # lime's LimeImageExplainer.explain_instance, num_samples
+
+    def explainer(self, forward, image, baseline, labels):
+        from captum.attr import Lime as CaptumLime
+
+        # captum's default kernel on the pixels, which the forward's input no longer is
+        return CaptumLime(forward, similarity_func=pixel_cosine_kernel(image, baseline, labels))
 
 
 @hookimpl

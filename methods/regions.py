@@ -5,8 +5,10 @@ pixels and watches the answer. The groups are either the model's own token grid,
 ``cell`` tokens at a time, so a region is exactly what some image tokens see, or SLIC
 superpixels (Achanta et al. 2012), which follow the image's edges. :func:`region_labels`
 draws them as an (H, W) label image; :func:`masked_images` builds the perturbed images;
-:func:`regions_to_grids` (per-region scores) and :func:`pixels_to_grids` (per-pixel scores)
-make the flat token maps every method returns (laid out like ``trace.image_positions``,
+:func:`window_lattice` gives occlusion its cells (the token grid continued over the image,
+padded so windows reach the last row and column); :func:`regions_to_grids` (per-region
+scores) and :func:`pixels_to_grids` (per-pixel scores) make the flat token maps every
+method returns (laid out like ``trace.image_positions``,
 grid after grid).
 
 Pixels belong to a token cell by their centre: pixel (y, x) lies at ((y + 0.5) / H,
@@ -169,3 +171,32 @@ def _pixel_cells(grid: ImageGrid, height: int, width: int
     rows, cols = np.broadcast_arrays(np.clip(rows, 0, n_rows - 1)[:, None],
                                      np.clip(cols, 0, n_cols - 1)[None])
     return rows, cols, inside
+
+
+def window_lattice(grid: ImageGrid, height: int, width: int, window: int, stride: int
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Occlusion's cells: ``grid``'s token cells, extended over the whole image.
+
+    Returns (H, W) labels, each pixel's cell as a row-major index into a (rows, cols)
+    lattice, and that shape. The lattice is the grid's own rows and columns (a pixel belongs
+    to a cell by its centre, as everywhere here), continued past the grid's box where the
+    image goes on (LLaVA-1.5's crop, tiles beside the first), then padded at the bottom and
+    right with cells no pixel is in, so that windows of ``window`` cells placed every
+    ``stride`` cells from the top-left corner reach the last row and column: every cell is
+    covered by at least one window (a window across the edge hides the cells it covers).
+    """
+    x0, y0, x1, y1 = grid.box
+    n_rows, n_cols = grid.shape
+    rows = np.floor(((np.arange(height) + 0.5) / height - y0) / (y1 - y0) * n_rows)
+    cols = np.floor(((np.arange(width) + 0.5) / width - x0) / (x1 - x0) * n_cols)
+    rows, cols = (rows - rows.min()).astype(np.int64), (cols - cols.min()).astype(np.int64)
+    shape = tuple(_padded(int(n.max()) + 1, window, stride) for n in (rows, cols))
+    return rows[:, None] * shape[1] + cols[None], shape
+
+
+def _padded(cells: int, window: int, stride: int) -> int:
+    """The fewest cells >= ``cells`` that windows of ``window`` every ``stride`` tile up to
+    their last cell (at least one window)."""
+    if cells <= window:
+        return window
+    return -(-(cells - window) // stride) * stride + window

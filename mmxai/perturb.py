@@ -115,30 +115,47 @@ def fast_attention(model: Model) -> Iterator[None]:
 
 
 def answer_log_probs(model: Model, variants: Sequence[Inputs], sequence: torch.Tensor,
-                     positions: Sequence[int], batch: int) -> np.ndarray:
+                     positions: Sequence[int], batch: int,
+                     needed: np.ndarray | None = None) -> np.ndarray:
     """(len(variants), len(positions)) log-probability, under each variant, of
     ``sequence[q + 1]`` read at each generating position ``q``, teacher-forcing ``sequence``.
 
-    One forward pass per chunk of ``batch`` variants serves every position (a causal
-    model's logits at q do not depend on what follows q, so the sequence stops at
-    ``max(positions) + 1``, and only the rows at ``positions`` reach the unembedding).
-    Variants whose features do not stack (tiles, patches of other counts) run one by one.
+    ``needed`` ((len(variants), len(positions)) bool, default all): the positions each variant
+    is read at; the others are NaN and cost nothing past the decoder (a deletion curve reads
+    one position per variant). One forward pass per chunk of ``batch`` variants serves every
+    position (a causal model's logits at q do not depend on what follows q, so the sequence
+    stops at ``max(positions) + 1``, and only the chunk's needed rows reach the unembedding);
+    the softmax's normaliser is taken over the needed (variant, position) pairs alone, ``batch``
+    vocabulary rows of float32 at a time. Variants whose features do not stack (tiles,
+    patches of other counts) run one by one.
     """
     positions = [int(q) for q in positions]
     if not variants or not positions:
         return np.zeros((len(variants), len(positions)))
+    needed = (np.ones((len(variants), len(positions)), dtype=bool) if needed is None
+              else np.asarray(needed, dtype=bool))
+    if needed.shape != (len(variants), len(positions)):
+        raise InputError(f"answer_log_probs: needed has shape {needed.shape}, expected "
+                         f"{(len(variants), len(positions))}")
     end = max(positions) + 1
     features = [forced_features(v, sequence[:end]) for v in variants]
     step = max(1, int(batch))
     out = []
     with fast_attention(model):
         for start in range(0, len(features), step):
-            chunk = features[start:start + step]
+            chunk, mask = features[start:start + step], needed[start:start + step]
             try:
-                out.append(_log_probs(model, _stack(chunk), sequence, positions))
-            except (RuntimeError, ValueError, IndexError):  # inputs that do not stack
-                out.extend(_log_probs(model, f, sequence, positions) for f in chunk)
+                out.append(_log_probs(model, _stack(chunk), sequence, positions, mask))
+            except (RuntimeError, ValueError, IndexError) as exc:  # inputs that do not stack
+                if _out_of_memory(exc):  # not a stacking problem: one by one would not help
+                    raise
+                out.extend(_log_probs(model, f, sequence, positions, m[None])
+                           for f, m in zip(chunk, mask, strict=True))
     return np.concatenate(out, axis=0)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def _stack(features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -148,14 +165,27 @@ def _stack(features: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _log_probs(model: Model, features: dict[str, Any], sequence: torch.Tensor,
-               positions: list[int]) -> np.ndarray:
-    """(rows, len(positions)): each row's log-probability of the token after each position."""
-    keep = sorted(set(positions))
-    column = torch.tensor([keep.index(q) for q in positions])
-    targets = sequence[torch.tensor(positions) + 1]
+               positions: list[int], needed: np.ndarray) -> np.ndarray:
+    """(rows, len(positions)): each row's log-probability of the token after each position
+    it needs (``needed``, (rows, len(positions)) bool), NaN elsewhere."""
+    rows, columns = np.nonzero(needed)
+    out = np.full(needed.shape, np.nan, dtype=np.float32)
+    if not rows.size:
+        return out
+    keep = sorted({positions[c] for c in columns})
+    column = torch.tensor([keep.index(positions[c]) for c in columns])
+    targets = sequence[torch.tensor([positions[c] for c in columns]) + 1]
     with torch.no_grad():
-        logits = model.hf(**features, use_cache=False,
-                          logits_to_keep=torch.tensor(keep, device=model.device)).logits
-    logits = logits[:, column.to(logits.device)].float()  # (rows, len(positions), V)
-    index = targets.to(logits.device)[None, :, None].expand(logits.shape[0], -1, 1)
-    return (logits.gather(-1, index)[..., 0] - logits.logsumexp(dim=-1)).cpu().numpy()
+        # a CPU index: the final norm's output is on the last device of a split model
+        logits = model.hf(**features, use_cache=False, logits_to_keep=torch.tensor(keep)).logits
+    device = logits.device
+    step = needed.shape[0]  # a batch's worth of float32 vocabulary rows at a time
+    values = []
+    for start in range(0, rows.size, step):
+        part = slice(start, start + step)
+        picked = logits[torch.as_tensor(rows[part], device=device),
+                        column[part].to(device)].float()  # (pairs, V)
+        target = picked.gather(-1, targets[part].to(device)[:, None])[:, 0]
+        values.append((target - picked.logsumexp(dim=-1)).cpu())
+    out[rows, columns] = torch.cat(values).numpy()
+    return out

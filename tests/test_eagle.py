@@ -94,9 +94,15 @@ def test_first_region_maximises_the_objective_by_direct_evaluation(tiny_model):
     objective = 1.0 * p[:n] + 0.5 * (1 - p[n:])
     assert reliance.order[0] == int(np.argmax(objective))
     assert reliance.insertion[1] == pytest.approx(p[reliance.order[0]], rel=1e-4)
-    # the map ranks the first region highest
-    maps = method(trace, [token])
-    assert maps.shape == (1, len(trace.image_positions))
+    # the map ranks the first region highest: with token cells as regions, it is the
+    # cell the search chose first, alone at the top
+    cells = Eagle(regions="grid", cell=1, insight_weight=1.0, necessity_weight=0.5)
+    (by_cell,) = cells.analyse(trace, [token])
+    (row,) = cells(trace, [token])
+    assert row.shape == (len(trace.image_positions),) == (n_cells := trace.grids[0].size,)
+    assert sorted(by_cell.order) == list(range(n_cells))
+    assert row[by_cell.order[0]] == pytest.approx(1.0)
+    assert np.delete(row, by_cell.order[0]).max() < row[by_cell.order[0]]
 
 
 def test_analysis_reads_the_prior_and_the_image(tiny_model):
@@ -154,7 +160,7 @@ def test_maps_on_every_family(tiny_model, tiny_family):
     ({"segments": 1}, "segments must be in [2, 256]"),
     ({"segments": 10_000}, "segments must be in [2, 256]"),
     ({"cell": 0}, "cell must be at least 1"),
-    ({"insight_weight": -1.0}, "insight_weight must be a finite number >= 0"),
+    ({"insight_weight": -1.0}, "insight_weight must be >= 0"),
     ({"necessity_weight": float("nan")}, "necessity_weight"),
     ({"insight_weight": 0.0, "necessity_weight": 0.0}, "both 0"),
     ({"batch": 0}, "batch must be at least 1"),
@@ -177,14 +183,17 @@ def test_too_many_regions_are_refused_before_any_forward(tiny_model, monkeypatch
     monkeypatch.setattr(eagle, "answer_log_probs", lambda *a: pytest.fail("a forward ran"))
     with pytest.raises(MMXAIError, match="300 regions of 1x1 tokens, more than 256") as err:
         Eagle(regions="grid", cell=1)(trace)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and str(err.value).endswith("raise cell")
+    with pytest.raises(MMXAIError, match="300 slico superpixels, more than 256") as err:
+        Eagle(regions="slico")(trace)
+    assert str(err.value).endswith("lower segments")
 
 
 def test_several_images_are_refused_in_one_line(tiny_model):
     model = tiny_model("qwen2-vl")
     inputs = model.build_inputs([image(), image()], PROMPT)
     trace = generate_trace(model, inputs, Needs(), max_new_tokens=1)
-    with pytest.raises(MMXAIError, match="exactly one image, got 2"):
+    with pytest.raises(MMXAIError, match="one image; this sample has 2"):
         Eagle(**SMALL)(trace)
 
 

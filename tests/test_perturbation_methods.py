@@ -14,10 +14,12 @@ import mmxai.methods.perturbation as perturbation
 from mmxai.api import explain_many
 from mmxai.errors import InputError
 from mmxai.methods.regions import (
+    _pixel_cells,
     masked_images,
     pixels_to_grids,
     region_labels,
     regions_to_grids,
+    window_lattice,
 )
 from mmxai.model import ImageGrid, stack_grids
 from mmxai.perturb import answer_log_probs, baseline_image, swap_each
@@ -40,6 +42,11 @@ def scene(height: int = 56, width: int = 112, black_left: bool = False) -> Image
     if black_left:
         pixels[:, : width // 2] = 0
     return Image.fromarray(pixels)
+
+
+def pixel_tensor(image: Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) float32 pixel values 0..255: what captum would perturb over pixels."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
 
 
 def grid(shape, box=(0.0, 0.0, 1.0, 1.0), image=0) -> ImageGrid:
@@ -223,18 +230,21 @@ def test_sampled_methods_are_seeded_and_run_each_image_once_for_every_token(tiny
     assert torch.equal(torch.random.get_rng_state(), generator)  # the caller's untouched
 
 
-def test_kernel_shap_for_every_token_at_once_is_captum_token_by_token(tiny_model):
-    """The memoised all-token forward changes nothing: captum's KernelShap on one token's
-    plain forward, same seed, gives that token's map (grid regions of one token each)."""
-    from captum.attr import KernelShap
+@pytest.mark.parametrize("name", ["kernel-shap", "lime"])
+def test_sampled_methods_are_captum_over_the_pixels_token_by_token(tiny_model, name):
+    """Neither the memoised all-token forward nor captum perturbing which regions are kept
+    (not the pixels) changes anything: captum's KernelShap or Lime over the pixels, on one
+    token's plain forward, same seed, gives that token's map (grid regions of one token
+    each; LIME's pixel-space similarity kernel included)."""
+    import captum.attr
 
     model = tiny_model("qwen2-vl")
     image = scene()
     trace = traced(model, image)
-    maps = manager().items("methods")["kernel-shap"](regions="grid", samples=10, seed=2)(trace)
+    maps = manager().items("methods")[name](regions="grid", samples=10, seed=2)(trace)
     labels = torch.from_numpy(region_labels(image, trace.grids, "grid"))[None, None]
-    pixels = perturbation.pixel_tensor(image)
-    baseline = perturbation.pixel_tensor(baseline_image(image, "mean"))
+    pixels = pixel_tensor(image)
+    baseline = pixel_tensor(baseline_image(image, "mean"))
     for j in range(trace.n_generated):
         def forward(x, j=j):
             images = [Image.fromarray(a) for a in x.round().to(torch.uint8)
@@ -244,8 +254,9 @@ def test_kernel_shap_for_every_token_at_once_is_captum_token_by_token(tiny_model
                 model, variants, trace.sequence, [trace.generating_position(j)], 1)[:, 0])
 
         torch.manual_seed(2)
-        coefs = KernelShap(forward).attribute(pixels, baselines=baseline, feature_mask=labels,
-                                              n_samples=10, return_input_shape=False)
+        explainer = getattr(captum.attr, "KernelShap" if name == "kernel-shap" else "Lime")
+        coefs = explainer(forward).attribute(pixels, baselines=baseline, feature_mask=labels,
+                                             n_samples=10, return_input_shape=False)
         np.testing.assert_allclose(maps[j], coefs.reshape(-1).numpy(), atol=1e-4)
     assert np.abs(maps).max() > 1e-4
 
@@ -287,3 +298,93 @@ def test_kernel_shap_and_lime_without_scikit_learn_name_the_extra(tiny_model, mo
         with pytest.raises(MMXAIError, match=r"needs scikit-learn.*mmxai\[lime-shap\]") as info:
             manager().items("methods")[name](samples=4)(trace)
         assert "\n" not in str(info.value)
+
+
+# ---- occlusion covers every token cell; KernelSHAP's default budget -----------------------
+
+@pytest.mark.parametrize("window, stride", [(1, 1), (2, 1), (2, 2), (3, 2), (4, 4), (20, 3)])
+def test_occlusion_windows_cover_every_token_cell_of_a_fractional_grid(window, stride):
+    """500 x 375 pixels on 13 x 18 tokens (28.8 x 27.8 pixels a token): the lattice is the
+    token cells themselves, and windows from the top-left every ``stride`` cells reach the
+    last row and column."""
+    g = grid((13, 18))
+    labels, shape = window_lattice(g, 375, 500, window, stride)
+    rows, cols, _ = _pixel_cells(g, 375, 500)
+    np.testing.assert_array_equal(labels, rows * shape[1] + cols)  # cells = token cells
+    covered = np.zeros(shape, dtype=int)
+    for top in range(0, shape[0] - min(window, shape[0]) + 1, stride):
+        for left in range(0, shape[1] - min(window, shape[1]) + 1, stride):
+            covered[top:top + window, left:left + window] += 1
+    assert (covered.ravel()[np.unique(labels)] > 0).all()
+    assert shape[0] < 13 + max(window, stride) and shape[1] < 18 + max(window, stride)
+
+
+def test_occlusion_of_a_fractional_grid_hides_whole_token_cells(tiny_model):
+    """Token cells of fractional pixel size (31.7 x 26.2): windows slide over the cells, not
+    over pixels of rounded token sizes (which drift off the cells and leave a partial last
+    window), so window = stride = c is feature ablation of c x c blocks, the narrower last
+    ones included, and the last row and column are scored."""
+    model = tiny_model("qwen2-vl")
+    image = scene(95, 131)
+    trace = traced(model, image)
+    (g,) = trace.grids
+    rows, cols = g.shape
+    assert (95 / rows) % 1 and (131 / cols) % 1  # not whole pixels
+    methods = manager().items("methods")
+    for c in (1, 2):
+        maps = methods["occlusion"](window=c, stride=c, batch=8)(trace)
+        np.testing.assert_allclose(maps, methods["feature-ablation"](cell=c)(trace), atol=1e-5)
+        grids = maps.reshape(len(maps), rows, cols)
+        assert np.abs(grids[:, -1, :]).max(axis=1).min() > 0  # every token's last row
+        assert np.abs(grids[:, :, -1]).max(axis=1).min() > 0
+
+
+def test_kernel_shap_at_its_default_budget_recovers_an_additive_function():
+    """f = sum of the kept regions' weights: its Shapley values are the weights. At the
+    default samples ("auto": 2R + 2048, SHAP's) the fit recovers them; captum's old 25
+    over 64 regions did not (correlation about 0.5)."""
+    weights = torch.from_numpy(np.random.default_rng(0).normal(size=64)).float()
+    labels = np.arange(64).reshape(8, 8).repeat(4, axis=0).repeat(4, axis=1)
+    image = Image.new("RGB", (32, 32))
+
+    def forward(kept):
+        return (kept.reshape(len(kept), -1) @ weights)[:, None]
+
+    method = manager().items("methods")["kernel-shap"]()
+    assert method.options.samples == "auto"
+    (phi,) = method.scores(torch.ones(1, 64), image, image, labels, forward, 1).numpy()
+    assert np.corrcoef(phi, weights.numpy())[0, 1] > 0.95
+    (few,) = manager().items("methods")["kernel-shap"](samples=25).scores(
+        torch.ones(1, 64), image, image, labels, forward, 1).numpy()
+    assert np.corrcoef(few, weights.numpy())[0, 1] < 0.9
+
+
+def test_answer_log_probs_reads_only_the_needed_positions_and_lets_oom_through(tiny_model,
+                                                                            monkeypatch):
+    import mmxai.perturb as perturb
+
+    model = tiny_model("qwen2-vl")
+    trace = traced(model, scene())
+    positions = [trace.generating_position(j) for j in range(trace.n_generated)]
+    variants = swap_each(model, trace.inputs, [scene(), baseline_image(scene(), "black")])
+    full = answer_log_probs(model, variants, trace.sequence, positions, batch=2)
+    needed = np.zeros(full.shape, dtype=bool)
+    needed[0, 0] = needed[1, -1] = True
+    some = answer_log_probs(model, variants, trace.sequence, positions, 2, needed)
+    np.testing.assert_array_equal(some[needed], full[needed])
+    assert np.isnan(some[~needed]).all()
+    real = perturb._log_probs
+
+    def failing(error):
+        def log_probs(model, features, *args):
+            if features["input_ids"].shape[0] > 1:  # the stacked chunk
+                raise error
+            return real(model, features, *args)
+        return log_probs
+
+    monkeypatch.setattr(perturb, "_log_probs", failing(RuntimeError("sizes do not match")))
+    np.testing.assert_allclose(  # one by one
+        answer_log_probs(model, variants, trace.sequence, positions, batch=2), full, atol=1e-4)
+    monkeypatch.setattr(perturb, "_log_probs", failing(torch.OutOfMemoryError("out of memory")))
+    with pytest.raises(torch.OutOfMemoryError):
+        answer_log_probs(model, variants, trace.sequence, positions, batch=2)

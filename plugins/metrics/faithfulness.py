@@ -118,11 +118,13 @@ def token_probabilities(model: Model, variants: list[Inputs], sequence: torch.Te
     read at ``positions[i]``, teacher-forcing ``sequence`` (without its last token).
 
     The variants go through :func:`~mmxai.perturb.answer_log_probs` ``batch`` at a time,
-    each pass reading every position asked for, of which each variant keeps its own.
+    each read at its own position only.
     """
     wanted = sorted(set(positions))
-    log_probs = answer_log_probs(model, variants, sequence, wanted, batch)
     column = [wanted.index(q) for q in positions]
+    needed = np.zeros((len(variants), len(wanted)), dtype=bool)
+    needed[np.arange(len(variants)), column] = True
+    log_probs = answer_log_probs(model, variants, sequence, wanted, batch, needed)
     return np.exp(log_probs[np.arange(len(variants)), column])
 
 
