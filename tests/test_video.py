@@ -219,7 +219,7 @@ def test_window_order_of_a_clip_is_the_towers(tiny_model):
 WORKING = ["logit-lens", "tam", "arc", "attention", "rollout", "gradcam", "cp-lrp", "attnlrp"]
 REFUSED = {"msea": "MSEA rescales still images",
            "occlusion": "one still image; this sample is a video (docs/video.md)",
-           "eagle": "swapping pixels works on still images"}
+           "eagle": "perturbs the pixels of one still image"}
 
 
 def test_methods_on_a_clip(model):
