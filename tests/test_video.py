@@ -5,6 +5,8 @@ generated 2-8 frame clips, offline, CPU."""
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import sys
 
@@ -401,9 +403,15 @@ def test_explain_command_on_a_gif(tiny_dir, tmp_path, capsys):
     code = main(["explain", str(qwen), str(tmp_path / "clip.gif"),
                  "--frames", "4", "--method", "logit-lens", "--max-new-tokens", "2",
                  "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "1 clip (4 frames, 2 temporal patches)" in printed.out
     saved = np.load(out / "logit-lens" / "maps.npz")
     assert saved["grid_frames"].tolist() == [0, 1] and saved["maps"].shape[0] == 2
+    # run.json says which source frames the model saw and what each temporal patch covers
+    video = json.loads((out / "run.json").read_text())["video"]["0"]
+    assert video["source_frames"] == 6 and video["sampled_frames"] == [0, 1, 3, 4]
+    assert video["temporal_patches"] == [[0, 1], [3, 4]]
     code = main(["explain", str(llava), str(tmp_path / "clip.gif"),
                  "--out", str(tmp_path / "out2")])
     err = capsys.readouterr().err

@@ -237,8 +237,12 @@ def run(args: argparse.Namespace) -> int:
     first = next(iter(explanations.values()))
     console = Console(soft_wrap=True)
     console.print(f"[bold]answer:[/] {shown(repr(first.text))}")
-    console.print(f"{len(first.tokens)} tokens x {len(explanations)} method(s) x "
-                  f"{len(images)} image(s) -> {shown(args.out)}/; open {shown(pages[0])}")
+    clips = first.trace.inputs.clips
+    clip = next(iter(clips.values()), None)
+    seen = (f"1 clip ({len(clip.indices)} frames, {len(clip.patches)} temporal "
+            f"patches)" if clips else f"{len(images)} image(s)")
+    console.print(f"{len(first.tokens)} tokens x {len(explanations)} method(s) x {seen} -> "
+                  f"{shown(args.out)}/; open {shown(pages[0])}")
     if sample_id is not None:
         console.print(f"maps for mmxai score -> {shown(args.save_maps)}/<method>/"
                       f"{shown(maps_path('.', sample_id).name)}")
@@ -323,6 +327,12 @@ def write_run(explanations: dict[str, Explanation], args: argparse.Namespace,
         "chat_template": None if args.chat_template is None else str(args.chat_template),
         "answer": first.text,
         "tokens": first.words,
+        # a clip: which source frames the model saw, and which each temporal patch covers
+        "video": {str(k): {"source_fps": clip.fps, "source_frames": clip.total_frames,
+                           "sampled_frames": [int(i) for i in clip.indices],
+                           "temporal_patches": [[int(clip.indices[i]) for i in patch]
+                                                for patch in clip.patches]}
+                  for k, clip in first.trace.inputs.clips.items()} or None,
         "methods": {name: e.options for name, e in explanations.items()},
         "folders": {name: (folders or {}).get(name, viewer.safe_filename(name))
                     for name in explanations},
