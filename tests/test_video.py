@@ -6,7 +6,6 @@ generated 2-8 frame clips, offline, CPU."""
 from __future__ import annotations
 
 import json
-
 import shutil
 import sys
 
