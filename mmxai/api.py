@@ -169,8 +169,8 @@ def failure_message(method: str, exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, InvalidMapsError):
         return text
-    if isinstance(exc, MMXAIError):
-        return f"method {method!r} failed: {text}"
+    if isinstance(exc, MMXAIError):  # its own "method 'x': ..." is not said twice
+        return f"method {method!r} failed: {text.removeprefix(f'method {method!r}: ')}"
     if isinstance(exc, SystemExit):
         return f"method {method!r} failed: it called sys.exit({exc.code!r})"
     return f"method {method!r} failed: {type(exc).__name__}" + (f": {text}" if text else "")

@@ -333,3 +333,12 @@ def test_a_cached_hub_model_loads_offline_when_the_hub_is_unreachable(monkeypatc
     with pytest.raises(UnsupportedModelError, match="^cannot load model 'org/name': stop here$"):
         api.explain("org/name", image(), PROMPT)
     assert seen == {"offline": True} and constants.HF_HUB_OFFLINE == before
+
+
+def test_a_method_s_own_name_is_not_said_twice_in_its_failure():
+    from mmxai.errors import InputError
+
+    said = api.failure_message("occlusion", InputError("method 'occlusion': needs one image"))
+    assert said == "method 'occlusion' failed: needs one image"
+    other = api.failure_message("eagle", InputError("method 'occlusion': needs one image"))
+    assert other == "method 'eagle' failed: method 'occlusion': needs one image"
