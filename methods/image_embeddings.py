@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmxai.errors import MMXAIError
+from mmxai.errors import InputError, MMXAIError
 from mmxai.methods.backprop import frozen_parameters, logits_at
+from mmxai.perturb import swap_images
 from mmxai.trace import Trace, forced_features
 from mmxai.video import still_images_only
 
@@ -76,10 +77,11 @@ def black_image_embeddings(trace: Trace, method: str) -> torch.Tensor:
         still_images_only(inputs, f"{method}.baseline=black builds black still images (use "
                           "baseline=zeros or mean)")
         black = [Image.new("RGB", image.size) for image in inputs.images]
-        baseline = model.build_inputs(black, inputs.prompt)
-        if not torch.equal(baseline.input_ids.cpu(), inputs.input_ids.cpu()):
+        try:  # the processor again over black pixels; grids and prompt reused
+            baseline = swap_images(model, inputs, black)
+        except InputError as exc:
             raise MMXAIError(f"{method}.baseline=black: a black image gives {model.model_id} "
-                             f"another token layout than the sample's images")
+                             f"another token layout than the sample's images") from exc
         hidden = first_layer_input(trace, forced_features(baseline, trace.sequence[:-1]))[0]
         trace.cache["black_image_embeddings"] = hidden[_rows(trace).to(hidden.device)].float()
     return trace.cache["black_image_embeddings"]
@@ -128,10 +130,15 @@ class TokenLogits:
         self.positions = torch.tensor([trace.generating_position(int(j)) for j in tokens],
                                       dtype=torch.long)
         self.ids = trace.sequence[self.positions + 1]
+        self._batches: dict[int, dict[str, Any]] = {}  # batch size -> collated copies
 
     def logits(self, batch: int, **replace: Any) -> torch.Tensor:
         model = self.trace.model
-        features = {**model.collate([self.features] * batch), **replace}
+        # captum calls with the same few batch sizes (steps / internal_batch_size times):
+        # the B copies of the features, pixels included, are made once per size
+        if batch not in self._batches:
+            self._batches[batch] = model.collate([self.features] * batch)
+        features = {**self._batches[batch], **replace}
         return logits_at(model, features, self.positions, self.ids)
 
 

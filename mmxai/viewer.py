@@ -316,7 +316,7 @@ def html_page(title: str, image: Image.Image | Sequence[Image.Image], words: Seq
             if rows is not None}
     # The photo goes in once, as JPEG (a PNG photo is ten times larger), at most 1024 wide
     # and never upscaled: the browser scales it to the display width.
-    embedded = _embedded(image, 1024)
+    embedded = _embedded(image, 1024) if frames is None else None  # a clip shows its frames
     # A video's frames: each patch's, 640 pixels at most, as T photos add up.
     frame_uris = [] if frames is None else [data_uri(jpeg_bytes(_embedded(f, 640)),
                                                      "image/jpeg") for f in frames]

@@ -73,8 +73,9 @@ def clip_map(flat_map: np.ndarray, grids: Sequence[ImageGrid], index: int,
              size: tuple[int, int]) -> np.ndarray:
     """One token's flat map on clip ``index``: (T, H, W), patch ``t``'s grid painted at
     ``size`` = (H, W) over the frame (:func:`mmxai.maps.to_image`)."""
-    own = clip_grids(grids, index)
-    return np.stack([to_image(flat_map, own, index, size, frame=g.frame) for g in own])
+    # each patch painted from its own grid: one pass per patch, not a scan of all of them
+    return np.stack([to_image(flat_map, [g], index, size, frame=g.frame)
+                     for g in clip_grids(grids, index)])
 
 
 def clip_page(explanations: Mapping[str, Explanation], index: int, title: str = "mmxai",

@@ -304,13 +304,11 @@ def run(args: argparse.Namespace) -> int:
     samples = len(plan.evaluator(None, reporter=Reporter()).samples())
     if workers_given is not None:
         count = workers_given
-    elif sharded:
+    elif sharded or spec.device_map is not None:  # one process holds a split model
         count = 1
     else:
         count = workers.auto_workers(plan.models, plan.device, samples, spec.out)
     count = max(1, min(count, samples))  # a worker without samples would only load the model
-    if spec.device_map is not None:  # one process holds the split model (check_workers says)
-        count = 1
     stored = workers.stored_layout(spec.out)
     if not sharded and stored is not None and stored != count:
         # Each worker layout keeps its own stores: say so rather than recompute in silence.

@@ -364,12 +364,12 @@ def score_sample(key: RunKey, sample: Sample, paths: Sequence[Path],
                       "keep one")
     try:
         saved = load_maps(paths[0])
+        if saved.frames is not None:  # image masks do not score a clip's temporal patches
+            return failed(f"{paths[0].name} holds a video's maps (a time axis): the metrics "
+                          "score maps of still images against their masks")
         image = load_image(sample)
     except Exception as exc:
         return failed(cause(exc))
-    if getattr(saved, "frames", None) is not None:  # image masks do not score a clip's patches
-        return failed(f"{paths[0].name} holds a video's maps (a time axis): the metrics score "
-                      "maps of still images against their masks")
     try:
         mask = load_mask(sample, image.size)
     except Exception as exc:
