@@ -355,10 +355,8 @@ class Steps:
 
     def split(self) -> Row:
         """The model dispatched across devices, one batched trace timed once."""
-        try:
-            from mmxai.device_map import dispatch
-        except ImportError:
-            return Row("", note="not available: this mmxai has no mmxai.device_map.dispatch")
+        from mmxai.device_map import dispatch  # imports accelerate
+
         device = self.check.device
         gpus = torch.cuda.device_count() if device.type == "cuda" else 0
         size = sum(p.numel() * p.element_size() for p in self.model.hf.parameters())
@@ -373,6 +371,7 @@ class Steps:
         # offloaded weights go to a temporary folder, not --out: the GPU machine returns
         # only a few files from there
         model = dispatch(self.model, "auto", max_memory=max_memory)
+        # built again: the split model's inputs go to its input embeddings' device
         inputs = [model.build_inputs([p], PROMPT) for p in self.pictures[:self.setup.batch]]
         self.check.sync()
         start = time.perf_counter()

@@ -148,11 +148,12 @@ class Eagle(Method):
         image = single_image(self.name, trace)
         opts = self.options
         key = (self.name, repr(opts))
-        if (key, "labels") not in trace.cache:
-            trace.cache[key, "labels"] = (
-                region_labels(image, trace.grids, opts.regions, cell=opts.cell,
-                              segments=opts.segments))
-        labels = trace.cache[key, "labels"]
+        # the segmentation depends on the regions' options only (not weights, batch, ...)
+        regions = (self.name, "labels", opts.regions, opts.cell, opts.segments)
+        if regions not in trace.cache:
+            trace.cache[regions] = region_labels(image, trace.grids, opts.regions,
+                                                 cell=opts.cell, segments=opts.segments)
+        labels = trace.cache[regions]
         n_regions = int(labels.max()) + 1
         if n_regions > MAX_SEGMENTS:
             what, fix = ((f"regions of {opts.cell}x{opts.cell} tokens", "raise cell")

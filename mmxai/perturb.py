@@ -145,8 +145,9 @@ def answer_log_probs(model: Model, variants: Sequence[Inputs], sequence: torch.T
         for start in range(0, len(features), step):
             chunk, mask = features[start:start + step], needed[start:start + step]
             try:
-                out.append(_log_probs(model, _stack(chunk), sequence, positions, mask))
-            except (RuntimeError, ValueError, IndexError) as exc:  # inputs that do not stack
+                # the family's own batching (LLaVA-NeXT pads its patches, ...), as generate's
+                out.append(_log_probs(model, model.collate(chunk), sequence, positions, mask))
+            except (InputError, RuntimeError, ValueError, IndexError) as exc:  # do not stack
                 if _out_of_memory(exc):  # not a stacking problem: one by one would not help
                     raise
                 out.extend(_log_probs(model, f, sequence, positions, m[None])
@@ -156,12 +157,6 @@ def answer_log_probs(model: Model, variants: Sequence[Inputs], sequence: torch.T
 
 def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _stack(features: list[dict[str, Any]]) -> dict[str, Any]:
-    """Processor outputs of several images -> one batch (every tensor along dim 0)."""
-    return {key: torch.cat([f[key] for f in features], dim=0) if torch.is_tensor(value)
-            else value for key, value in features[0].items()}
 
 
 def _log_probs(model: Model, features: dict[str, Any], sequence: torch.Tensor,

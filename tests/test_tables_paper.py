@@ -26,7 +26,8 @@ from mmxai.commands.compare import add_arguments, default_benchmark
 from mmxai.commands.leaderboard import model_label, model_labels
 from mmxai.errors import InputError
 from mmxai.evaluation import NamedMetric
-from mmxai.evaluation.latex import _decimals, _number, latex
+from mmxai.evaluation.latex import _number, latex
+from mmxai.evaluation.latex import significant_decimals as _decimals
 from mmxai.evaluation.leaderboard import build, references
 from mmxai.evaluation.store import ResultStore, Row, RunKey
 from mmxai.evaluation.tables import bibtex, markdown, print_table, write_all

@@ -94,7 +94,7 @@ def _unit(info: MetricInfo, board: Leaderboard) -> tuple[str, float]:
     return next(((u, f) for u, f in units if largest * f >= 1), units[-1])
 
 
-def _decimals(*values: float) -> int:
+def significant_decimals(*values: float) -> int:
     """Decimals giving the largest of ``values`` :data:`SIGNIFICANT` significant digits."""
     finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
     if not finite:
@@ -125,7 +125,8 @@ def _cell(cell: Cell | None, factor: float) -> _Text:
     if not math.isfinite(cell.value):
         return _Text("n/a", 3 * _SMALL_PT)
     value, (low, high) = cell.value * factor, (cell.ci[0] * factor, cell.ci[1] * factor)
-    decimals = _decimals(value) if value != 0 else _decimals(low, high)
+    decimals = (significant_decimals(value) if value != 0
+                else significant_decimals(low, high))
     shown = _number(value, decimals)
     tex = rf"\textbf{{{shown}}}" if cell.best else shown
     if cell.significantly_worse:

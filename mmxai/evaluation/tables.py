@@ -24,8 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmxai.citations import entries as bib_entries
-from mmxai.evaluation.latex import _decimals as significant_decimals
-from mmxai.evaluation.latex import latex, tex_escape
+from mmxai.evaluation.latex import latex, significant_decimals, tex_escape
 from mmxai.evaluation.leaderboard import (
     ALPHA,
     SMALL_N,
