@@ -5,9 +5,8 @@ Writes into ``--out``:
 - ``<method>/<index>_<token>.png``: the map of each generated token over the image, captioned
   with the method, the token and a colour bar of the map's values (``<method>/image<k>/...``
   when several images are given); for a video, ``<index>_<token>_t<NN>.png``, one per
-  temporal patch, over the patch's first frame (``<method>/video<k>/...`` beside others);
-- ``index.html`` (``image<k>.html`` or ``video<k>.html`` per input, plus an index, for
-  several): the
+  temporal patch, over the patch's first frame (a clip is alone in its prompt);
+- ``index.html`` (``image<k>.html`` per image, plus an index, for several): the
   answer as clickable tokens, spaced as the tokenizer spaces its words; for the chosen token
   every method's map side by side, for the chosen method every token's; TAM's text half;
   self-contained, works offline (:func:`mmxai.viewer.html_page`);
@@ -142,8 +141,8 @@ def method_folders(names: list[str]) -> dict[str, str]:
 
 def _check_targets(out: Path, folders: dict[str, str], n_images: int) -> None:
     """What the run will write must not be blocked by a file or folder already in ``out``."""
-    pages = ["index.html"] + ([f"{what}{k}.html" for k in range(n_images)
-                               for what in ("image", "video")] if n_images > 1 else [])
+    pages = ["index.html"] + ([f"image{k}.html" for k in range(n_images)]
+                              if n_images > 1 else [])
     for name in [*pages, "run.json"]:
         if (out / name).is_dir():
             raise InputError(f"--out {str(out)!r}: {name} is a folder there; the run writes "

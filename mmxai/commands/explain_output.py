@@ -22,12 +22,10 @@ def clips_of(explanation: Explanation) -> dict:
     return getattr(explanation.trace.inputs, "clips", None) or {}
 
 
-def input_folder(index: int, clips: dict, n_inputs: int) -> str:
+def input_folder(index: int, n_inputs: int) -> str:
     """Where input ``index``'s files go in a method's folder: nowhere deeper for a single
-    input, else ``image<k>`` or ``video<k>``."""
-    if n_inputs == 1:
-        return ""
-    return f"{'video' if index in clips else 'image'}{index}"
+    input (a clip is always alone in its prompt), else ``image<k>``."""
+    return "" if n_inputs == 1 else f"image{index}"
 
 
 def render_overlays(explanation: Explanation, images: list[Image.Image]
@@ -80,9 +78,8 @@ def write_method(explanation: Explanation, overlays: list[dict[str, bytes]], out
     """One method's PNGs (:func:`render_overlays`) and its raw maps as ``maps.npz``, in
     ``out/<folder_name>`` (default: the method's :func:`viewer.safe_filename`)."""
     folder = out / (folder_name or viewer.safe_filename(explanation.method))
-    clips = clips_of(explanation)
     for index, pngs in enumerate(overlays):
-        target = folder / input_folder(index, clips, len(overlays))
+        target = folder / input_folder(index, len(overlays))
         target.mkdir(parents=True, exist_ok=True)
         for name, png in pngs.items():
             (target / name).write_bytes(png)
@@ -111,10 +108,9 @@ def write_pages(explanations: dict[str, Explanation], images: list[Image.Image],
     (:func:`mmxai.commands.explain.text_relevances`)."""
     clips = clips_of(next(iter(explanations.values())))
     paths = []
-    kinds = ["video" if index in clips else "image" for index in range(len(images))]
-    for index, (image, what) in enumerate(zip(images, kinds, strict=True)):
-        path = out / ("index.html" if len(images) == 1 else f"{what}{index}.html")
-        heading = title if len(images) == 1 else f"{title} ({what} {index})"
+    for index, image in enumerate(images):  # a clip is always alone: index.html
+        path = out / ("index.html" if len(images) == 1 else f"image{index}.html")
+        heading = title if len(images) == 1 else f"{title} (image {index})"
         page = viewer_video.clip_page(explanations, index, heading, text) if index in clips \
             else viewer.explanation_page(explanations, image, index, heading, text)
         path.write_text(page, encoding="utf-8")
@@ -122,9 +118,9 @@ def write_pages(explanations: dict[str, Explanation], images: list[Image.Image],
     if len(images) > 1:
         names = image_names or [""] * len(images)
         links = "".join(
-            f'<li><a href="{viewer.html_text(p.name)}">{what} {i}</a>'
+            f'<li><a href="{viewer.html_text(p.name)}">image {i}</a>'
             f"{': ' + viewer.html_text(name) if name else ''}</li>"
-            for i, (p, what, name) in enumerate(zip(paths, kinds, names, strict=True)))
+            for i, (p, name) in enumerate(zip(paths, names, strict=True)))
         (out / "index.html").write_text(
             f'<!DOCTYPE html><meta charset="utf-8"><title>{viewer.html_text(title)}</title>'
             f"<h1>{viewer.html_text(title)}</h1><ul>{links}</ul>", encoding="utf-8")
