@@ -33,7 +33,6 @@ from mmxai.commands import workers
 from mmxai.commands.compare import build_plan
 from mmxai.commands.leaderboard import check_out
 from mmxai.commands.tiny import writable_folder
-from mmxai.device_map import max_memory_text
 from mmxai.errors import InputError, MMXAIError, UnknownNameError
 from mmxai.evaluation import (
     ConsoleReporter,
@@ -149,7 +148,7 @@ def compare(models: PathLike | Sequence[PathLike] | None = None, dataset: str | 
         trust_remote_code=check.flag(trust_remote_code, "trust_remote_code"),
         out=check.path(out, "out"), save_maps=check.path(save_maps, "save_maps", optional=True),
         device_map=None if device_map is None else check.text(device_map, "device_map"),
-        max_memory=max_memory_text(max_memory),
+        max_memory=max_memory,
         protocol=protocols.DEFAULT if protocol is None else check.text(protocol, "protocol"))
     plan = build_plan(spec, loading.chat_template_text(chat_template), check.labels(labels))
     check_out(spec.out, "out")

@@ -59,8 +59,7 @@ def check_device_map(value: Any, option: str = "--device-map") -> str | dict[str
     if isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
         return {name: _device(device, f"{option}[{name!r}]")
                 for name, device in value.items()}
-    shown = " ".join(repr(value).split())[:60]
-    raise InputError(f"{option} {shown}: expected {', '.join(DEVICE_MAPS)}"
+    raise InputError(f"{option} {_short(value)}: expected {', '.join(DEVICE_MAPS)}"
                      + (" or a dict of module name -> device" if option == "device_map" else ""))
 
 
@@ -128,13 +127,6 @@ def _budgets(entries: Iterable[tuple[str, Any, str]]) -> dict[int | str, int]:
     return budgets
 
 
-def max_memory_text(value: Any, option: str = "max_memory") -> str | None:
-    """The Python API's ``max_memory`` (:func:`check_max_memory`) as ``--max-memory`` writes
-    it, in bytes: how a run's spec carries it."""
-    budgets = check_max_memory(value, option)
-    return None if budgets is None else ",".join(f"{k}={v}" for k, v in budgets.items())
-
-
 def _short(value: Any) -> str:
     return " ".join(repr(value).split())[:60]
 
@@ -197,15 +189,14 @@ def load_weights(model_cls: Any, spec: str, device: str | torch.device = "cpu",
     (safetensors only, eager attention): on ``device``, or split by ``device_map`` within
     ``max_memory``, weights that fit neither GPUs nor CPU memory offloaded to a temporary
     folder that lives as long as the model. ``kwargs``: ``dtype``, ``revision``..."""
-    placement: dict[str, Any] = {}
+    split: dict[str, Any] = {}
     folder = None
     if device_map is not None:
-        require_accelerate()
+        split = placement(device_map, max_memory, cli=False)
         folder = tempfile.TemporaryDirectory(prefix="mmxai-offload-")
-        placement = {"device_map": check_device_map(device_map, "device_map"),
-                     "max_memory": check_max_memory(max_memory), "offload_folder": folder.name}
+        split["offload_folder"] = folder.name
     hf_model = model_cls.from_pretrained(spec, use_safetensors=True,
-                                         attn_implementation="eager", **placement, **kwargs)
+                                         attn_implementation="eager", **split, **kwargs)
     if folder is None:
         hf_model.to(device)
     else:
@@ -221,12 +212,13 @@ def dispatch(model: Model, device_map: str | dict, max_memory: dict | None = Non
     device (``"disk"`` offloads to ``offload_folder``, by default a temporary folder that
     lives as long as the model). ``max_memory``: bytes or sizes per device
     (:func:`check_max_memory`)."""
-    require_accelerate("dispatch")
+    split = placement(device_map, max_memory, cli=False)  # and accelerate is installed
+    if not split:  # no map: refused in check_device_map's one line
+        check_device_map(device_map, "device_map")
+    device_map, max_memory = split["device_map"], split["max_memory"]
     from accelerate import dispatch_model, infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
-    device_map = check_device_map(device_map, "device_map")
-    max_memory = check_max_memory(max_memory)
     hf = model.hf
     if isinstance(device_map, str):
         no_split = list(getattr(hf, "_no_split_modules", None) or [])

@@ -96,8 +96,10 @@ class RunSpec:
     and ``trust_remote_code`` say how models are opened, ``out`` where results go.
     ``save_maps``: the folder each sample's maps are written to when they are computed (not
     for samples resumed from the store); None: nowhere. It changes no result: no run key.
-    ``device_map`` and ``max_memory`` (``--max-memory``'s text) split each model over
-    devices (:mod:`mmxai.device_map`); where a model runs changes no result either.
+    ``device_map`` and ``max_memory`` split each model over devices
+    (:mod:`mmxai.device_map`); where a model runs changes no result either. ``max_memory``:
+    ``--max-memory``'s text, or the Python API's dict of device -> size, kept as that text
+    (in bytes) so that the spec stays JSON (:meth:`to_dict`).
     """
 
     selection: Selection = field(default_factory=Selection)
@@ -115,7 +117,7 @@ class RunSpec:
     out: Path = Path("mmxai-results")
     save_maps: Path | None = None
     device_map: str | None = None
-    max_memory: str | None = None
+    max_memory: str | Mapping[Any, Any] | None = None
 
     def __post_init__(self) -> None:
         protocol = protocols.get(self.protocol)  # an unknown name: one line
@@ -136,14 +138,16 @@ class RunSpec:
             raise InputError(f"--bootstrap {self.bootstrap}: expected a whole number >= 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch must be at least 1")
-        # --device-map and --max-memory, checked once (not again as each model opens)
-        object.__setattr__(self, "_placement",
-                           dm.placement(self.device_map, self.max_memory, self.device))
+        # --device-map and --max-memory, checked here: before any model opens
+        split = self.placement()
+        if isinstance(self.max_memory, Mapping):
+            object.__setattr__(self, "max_memory", ",".join(
+                f"{device}={size}" for device, size in split["max_memory"].items()))
 
     def placement(self) -> dict[str, Any]:
         """``device_map`` and ``max_memory`` (parsed) as ``open_model`` takes them; nothing
-        without a map (:func:`mmxai.device_map.placement`)."""
-        return dict(self._placement)
+        without a map (:func:`mmxai.device_map.placement`, cheap enough to ask again)."""
+        return dm.placement(self.device_map, self.max_memory, self.device)
 
     def batch_for(self, device: torch.device) -> int:
         """Samples per ``generate`` call on ``device``."""
