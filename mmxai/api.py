@@ -30,7 +30,7 @@ from mmxai.options import OptionError
 from mmxai.pixels import pixel_bounds, set_pixel_budget
 from mmxai.registry import manager
 from mmxai.trace import Needs, Trace, generate_trace
-from mmxai.video import Video, as_video, build_video_inputs, open_video
+from mmxai.video import Video, VideoFile, as_video, build_video_inputs, open_video
 
 #: An image as the API takes it: a path, a PIL image, or an RGB(A)/grey uint8 numpy array.
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
@@ -234,8 +234,9 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
     check_prompt(prompt)
     max_new_tokens = check_max_new_tokens(max_new_tokens)
     instances = _methods(methods, method_options)
+    opened = None  # the clip's source, opened once: checked now, sampled by the adapter
     if video is not None:  # opened now: a file PyAV cannot read is one line before loading
-        images, video = _one_clip(images, video)
+        images, video, opened = _one_clip(images, video)
     else:
         images = image_list(images)
     pil = [] if video is not None else [load_image(im) for im in images]
@@ -250,7 +251,7 @@ def explain_many(model: Model | str, images: ImageLike | Sequence[ImageLike], pr
         needs = needs | method.needs
     named = _image_names(images, image_names)
     try:
-        inputs = (build_video_inputs(model, video, prompt) if video is not None
+        inputs = (build_video_inputs(model, video, prompt, opened) if video is not None
                   else model.build_inputs(pil, prompt))
     except (ValueError, torch.OutOfMemoryError) as exc:
         raise InputError(f"{named}: the model's processor cannot take the image(s) with this "
@@ -329,13 +330,12 @@ def open_pretrained(spec: Any, *, chat_template: Any = None, min_pixels: int | N
     return model
 
 
-def _one_clip(images: Any, video: Any) -> tuple[list[str], Video]:
-    """The clip to explain, opened once to check it, and its name; images too: one line."""
+def _one_clip(images: Any, video: Any) -> tuple[list[str], Video, VideoFile]:
+    """The clip's name, the clip and its source, opened once to check it; images: one line."""
     if images is not None and not (isinstance(images, (list, tuple)) and not images):
         raise InputError("images and video given: explain one clip, or images (not both)")
     video = as_video(video)
-    open_video(video)
-    return [video.name.strip("'")], video
+    return [video.name.strip("'")], video, open_video(video)
 
 
 def _methods(methods: Any, method_options: Any) -> list[Method]:

@@ -374,12 +374,15 @@ def video_families() -> list[str]:
                    if hasattr(a, "build_video_inputs")})
 
 
-def build_video_inputs(model: Any, video: Video, prompt: str):
+def build_video_inputs(model: Any, video: Video, prompt: str,
+                       source: VideoFile | None = None):
     """``model``'s inputs for ``video`` and ``prompt`` (one clip in ``inputs.clips``), or one
-    line saying that its family takes no video."""
+    line saying that its family takes no video. ``source``: the clip already opened
+    (:func:`open_video`), handed on so that it is not read again."""
     build = getattr(model, "build_video_inputs", None)
     if build is None:
         raise UnsupportedModelError(
             f"{model.model_id}: the {model.name or type(model).__name__} adapter takes no "
             f"video; families with video: {', '.join(video_families()) or 'none loaded'}")
-    return build(video, prompt)
+    # an adapter written before ``source`` existed takes (video, prompt) and opens it itself
+    return build(video, prompt) if source is None else build(video, prompt, source=source)

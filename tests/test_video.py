@@ -101,6 +101,25 @@ def test_patch_layout_is_the_video_processors(model):
     torch.testing.assert_close(pixels, patches, rtol=0, atol=1e-5)
 
 
+def test_frames_in_one_call_are_the_processors_frame_by_frame(model):
+    """video_pixels runs the image processor once on all the frames: bit for bit what one
+    call per frame gives, each frame's tps copies replaced by the patch's successive frames."""
+    image_processor = model.processor.image_processor
+    clip = frames(3, seed=7, size=(123, 77))  # resampled; odd: the last frame repeated
+    pixels, grid_thw = video_pixels(image_processor, clip, dict(image_processor.size), {})
+    tps, ps = image_processor.temporal_patch_size, image_processor.patch_size
+    alone = []
+    for frame in clip:
+        out = image_processor(images=[frame], return_tensors="pt")
+        values = torch.as_tensor(out["pixel_values"]).float()
+        alone.append(values.reshape(values.shape[0], -1, tps, ps, ps)[:, :, 0])
+        assert out["image_grid_thw"][0, 1:].tolist() == grid_thw[0, 1:].tolist()
+    assert grid_thw[0, 0] == 2  # 3 frames padded to 4, in 2 temporal patches
+    expected = torch.cat([torch.stack([alone[i] for i in patch], dim=2).flatten(1)
+                          for patch in temporal_patches(3, tps)])
+    assert torch.equal(pixels, expected)
+
+
 def test_sampling_follows_qwens_rule():
     settings = VideoSettings(3136, 25088)  # fps 2, 4 to 768 frames
     at_fps = sample_indices(30, 10.0, settings, 2)  # 3 s at 2 fps: 6 frames
@@ -243,6 +262,20 @@ def test_methods_on_a_clip(model):
     assert not np.allclose(*split(lens.maps, trace.grids))  # the two patches differ
     for name, words in REFUSED.items():
         assert words in str(failures[name]) and "\n" not in str(failures[name]), name
+
+
+def test_explain_opens_a_clip_once(model, monkeypatch):
+    """explain checks the clip before the model runs and hands the opened source to the
+    adapter: a list of frames is read (read_image) once, not again to sample it."""
+    import mmxai.video
+
+    reads = []
+    monkeypatch.setattr(mmxai.video, "read_image",
+                        lambda image, what: reads.append(what) or image)
+    results = explain_many(model, None, PROMPT, ["logit-lens"], max_new_tokens=1,
+                           video=Video(frames(4, seed=6)))
+    assert len(results["logit-lens"].trace.grids) == 2
+    assert reads == [f"video frame {i}" for i in range(4)]
 
 
 # -- refusals --------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.model import ImageGrid, Inputs
 from mmxai.plugins.models.shared import stack_calls
-from mmxai.plugins.models.video_base import VideoInput
-from mmxai.video import Clip, Video, open_video
+from mmxai.plugins.models.video_base import VideoInput, sampled_clip
+from mmxai.video import Video, VideoFile
 
 #: The rate given to a folder or list of frames when none is asked for: the video
 #: processor has no rate of its own (it takes the frames it is handed).
@@ -121,19 +121,22 @@ class OnevisionVideo(VideoInput):
         side = int(vision.image_size) // int(vision.patch_size)
         return side, math.ceil(side / 2)
 
-    def build_video_inputs(self, video: Video, prompt: str) -> Inputs:
+    def build_video_inputs(self, video: Video, prompt: str,
+                           source: VideoFile | None = None) -> Inputs:
         """Sample ``video`` as the video processor does and build the model's inputs: one
-        grid per frame (``kind="video"``, ``frame=t``), the clip in ``inputs.clips[0]``."""
-        source = open_video(video)
+        grid per frame (``kind="video"``, ``frame=t``), the clip in ``inputs.clips[0]``.
+        ``source``: the clip already opened (None: opened here)."""
         settings = self.frame_settings
         asked = video.fps is not None or video.frames is not None
-        indices = sample_indices(source.total_frames, source.fps,
-                                 video.fps if asked else settings.fps,
-                                 video.frames if asked else settings.num_frames,
-                                 what=f"video {source.name}")
-        fps = source.fps or video.fps or FOLDER_FPS
-        clip = Clip(source.read(indices.tolist()), indices, fps, source.total_frames,
-                    source.name, [(i,) for i in range(len(indices))])
+
+        def sample(source: VideoFile) -> np.ndarray:
+            return sample_indices(source.total_frames, source.fps,
+                                  video.fps if asked else settings.fps,
+                                  video.frames if asked else settings.num_frames,
+                                  what=f"video {source.name}")
+
+        clip = sampled_clip(video, source, sample, FOLDER_FPS,
+                            lambda n: [(i,) for i in range(n)])
         image_processor = self.processor.image_processor
         frames = np.stack([frame_pixels(image_processor, f, settings.pixels)
                            for f in clip.frames])

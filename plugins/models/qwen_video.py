@@ -36,8 +36,8 @@ import torch
 from mmxai.errors import InputError, UnsupportedModelError
 from mmxai.model import ImageGrid, Inputs
 from mmxai.plugins.models.shared import size_value
-from mmxai.plugins.models.video_base import VideoInput
-from mmxai.video import Clip, Video, open_video
+from mmxai.plugins.models.video_base import VideoInput, sampled_clip
+from mmxai.video import Clip, Video, VideoFile
 
 #: Qwen2VLVideoProcessor's defaults, used where a video config leaves a key out.
 DEFAULT_FPS = 2.0
@@ -136,20 +136,22 @@ def video_pixels(image_processor: Any, frames: list, size: dict[str, int],
                  pixels: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """``pixel_values_videos`` (t*h*w, C*tps*ps*ps) and ``video_grid_thw`` (1, 3).
 
-    Each frame goes through the image processor (smart-resize, rescale, normalise), which
-    lays out its patches as (h*w, C, tps, ps, ps) merge group by merge group with the frame
+    The frames go through the image processor as images, in one call (smart-resize,
+    rescale, normalise each; the same values as one call per frame), which lays out each
+    frame's patches as (h*w, C, tps, ps, ps) merge group by merge group with the frame
     repeated over tps; a video's temporal patch holds tps successive frames there instead.
     """
     tps = int(image_processor.temporal_patch_size)
     ps = int(image_processor.patch_size)
-    per_frame, grid = [], None
-    for frame in frames:
-        out = image_processor(images=[frame], size=size, return_tensors="pt", **pixels)
-        values = torch.as_tensor(out["pixel_values"]).float()
-        per_frame.append(values.reshape(values.shape[0], -1, tps, ps, ps)[:, :, 0])
-        grid = [int(v) for v in out["image_grid_thw"][0]]
+    out = image_processor(images=list(frames), size=size, return_tensors="pt", **pixels)
+    grids = {tuple(int(v) for v in row) for row in out["image_grid_thw"]}
+    if len(grids) != 1:  # open_video checks sizes: a frame that is not its clip's size
+        raise InputError(f"video frames of different sizes: patch grids {sorted(grids)}")
+    grid = next(iter(grids))
+    values = torch.as_tensor(out["pixel_values"]).float()  # (n * h*w, C*tps*ps*ps)
+    per_frame = values.reshape(len(frames), grid[1] * grid[2], -1, tps, ps, ps)[:, :, :, 0]
     order = [i for patch in temporal_patches(len(frames), tps) for i in patch]
-    stacked = torch.stack([per_frame[i] for i in order])  # (t*tps, h*w, C, ps, ps)
+    stacked = per_frame[order]  # (t*tps, h*w, C, ps, ps)
     t = len(order) // tps
     patches = stacked.reshape(t, tps, *stacked.shape[1:]).permute(0, 2, 3, 1, 4, 5)
     pixel_values = patches.reshape(t * stacked.shape[1], -1)
@@ -168,19 +170,22 @@ class QwenVideo(VideoInput):
         return VideoSettings.read(self.video_config, self.processor.image_processor,
                                   self.model_id)
 
-    def build_video_inputs(self, video: Video, prompt: str) -> Inputs:
+    def build_video_inputs(self, video: Video, prompt: str,
+                           source: VideoFile | None = None) -> Inputs:
         """Sample ``video`` by Qwen's rule and build the model's inputs: one grid per
-        temporal patch (``kind="video"``, ``frame=t``) and the clip in ``inputs.clips[0]``."""
-        source = open_video(video)
+        temporal patch (``kind="video"``, ``frame=t``) and the clip in ``inputs.clips[0]``.
+        ``source``: the clip already opened (None: opened here)."""
         settings = self.video_settings
         image_processor = self.processor.image_processor
         tps = int(image_processor.temporal_patch_size)
-        indices = sample_indices(source.total_frames, source.fps, settings, tps,
-                                 fps=None if source.fps is None else video.fps,
-                                 frames=video.frames, what=f"video {source.name}")
-        fps = source.fps or video.fps or settings.fps  # a folder's frames: at the given rate
-        clip = Clip(source.read(indices.tolist()), indices.numpy().astype(np.int64), fps,
-                    source.total_frames, source.name, temporal_patches(len(indices), tps))
+
+        def sample(source: VideoFile) -> torch.Tensor:
+            return sample_indices(source.total_frames, source.fps, settings, tps,
+                                  fps=None if source.fps is None else video.fps,
+                                  frames=video.frames, what=f"video {source.name}")
+
+        clip = sampled_clip(video, source, sample, settings.fps,
+                            lambda n: temporal_patches(n, tps))
         longest = settings.longest_edge if self.max_pixels is None else self.max_pixels
         size = {"shortest_edge": min(settings.shortest_edge, longest), "longest_edge": longest}
         pixel_values, grid_thw = video_pixels(image_processor, clip.frames, size,

@@ -10,6 +10,7 @@ count).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,23 @@ from mmxai.errors import InputError
 from mmxai.model import ImageGrid, Inputs, stack_grids
 from mmxai.plugins.models.shared import checkpoint_video_config, token_positions
 from mmxai.prompt_span import chat_prompt_span
-from mmxai.video import Clip
+from mmxai.video import Clip, Video, VideoFile, open_video
+
+
+def sampled_clip(video: Video, source: VideoFile | None,
+                 sample: Callable[[VideoFile], Any], default_fps: float,
+                 patches: Callable[[int], list[tuple[int, ...]]]) -> Clip:
+    """The :class:`Clip` of ``video``'s frames that ``sample(source)`` picks (source frame
+    indices), at the source's rate, else the asked one (``video.fps``: a folder's frames),
+    else ``default_fps``; ``patches(n)`` are its n frames' temporal patches. ``source`` is
+    the clip already opened (:func:`mmxai.api.explain` opens it to check it before the
+    model loads), so a list of frames, a GIF or an uncounted file is not read twice; None
+    opens it here."""
+    source = open_video(video) if source is None else source
+    indices = np.asarray(sample(source), dtype=np.int64)
+    fps = source.fps or video.fps or default_fps
+    return Clip(source.read(indices.tolist()), indices, fps, source.total_frames,
+                source.name, patches(len(indices)))
 
 
 class VideoInput:
